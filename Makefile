@@ -1,0 +1,27 @@
+# `make run` sets up .venv and runs the main job on the bundled default; `make test` sets up and runs the tests.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[test,slurm]'
+	touch $@
+
+.PHONY: install run test bench
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/python -m pipeline.run method=lrp composite=epsilon_gamma_box
+
+test: install
+	$(BIN)/python -m pytest tests
+
+bench: install
+	$(BIN)/python scripts/bench_gradients.py
+	$(BIN)/python scripts/bench_lrp.py
+	$(BIN)/python scripts/bench_evaluation.py
+	$(BIN)/python scripts/bench_pipeline.py
