@@ -1,0 +1,190 @@
+"""The pipeline's config schema: dataclasses registered in Hydra's ConfigStore.
+
+Every YAML option in ``conf/`` starts from one of these schemas (``defaults: [base_..., _self_]``), so a
+wrong type or an unknown key fails at composition, before any work, with the key named.
+"""
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+#: Config sections that say where results go, not what they are: left out of the run's identity.
+NOT_IN_IDENTITY = ("hydra", "tracking")
+
+
+class DatasetKind(Enum):
+    digits = "digits"
+    image_folder = "image_folder"
+    cifar10 = "cifar10"
+
+
+class OnCorrupt(Enum):
+    skip = "skip"
+    fail = "fail"
+
+
+class ModelKind(Enum):
+    bundled = "bundled"
+    torchvision = "torchvision"
+    custom = "custom"
+
+
+class TargetChoice(Enum):
+    predicted = "predicted"
+    label = "label"
+
+
+@dataclass
+class GradientMethodConf:
+    """Gradient and Input x Gradient take no parameters."""
+
+    name: str = MISSING
+
+
+@dataclass
+class SmoothGradConf:
+    name: str = "smoothgrad"
+    samples: int = 50
+    noise_level: float = 0.1
+
+
+@dataclass
+class IntegratedGradientsConf:
+    name: str = "integrated_gradients"
+    steps: int = 50
+
+
+@dataclass
+class LRPConf:
+    name: str = "lrp"
+
+
+@dataclass
+class NoCompositeConf:
+    name: str = "none"
+
+
+@dataclass
+class CompositeConf:
+    """Zennit-style presets that only take ``epsilon``."""
+
+    name: str = MISSING
+    epsilon: float = 1e-6
+
+
+@dataclass
+class BoxCompositeConf:
+    """EpsilonGammaBox: ``low``/``high`` bound the input values (the ZBox rule at the first layer)."""
+
+    name: str = "epsilon_gamma_box"
+    epsilon: float = 1e-6
+    gamma: float = 0.25
+    low: float = MISSING
+    high: float = MISSING
+
+
+@dataclass
+class ModelConf:
+    name: str = MISSING
+    kind: ModelKind = MISSING
+    arch: Optional[str] = None  # torchvision model name, e.g. resnet18
+    weights: Optional[str] = None  # torchvision weights name, used only when torch's cache has the file
+    checkpoint: Optional[str] = None  # local state_dict, loaded with weights_only=True
+    num_classes: Optional[int] = None
+    module: Optional[dict[str, Any]] = None  # custom: {_target_: pkg.Net, **constructor kwargs}
+    strip_softmax: bool = True
+
+
+@dataclass
+class DatasetConf:
+    name: str = MISSING
+    kind: DatasetKind = MISSING
+    path: Optional[str] = None
+    split: str = "test"
+    limit: Optional[int] = None  # explain and score only the first N samples
+    num_shards: int = 1  # sharding: the i-th of K disjoint parts (see pipeline.data.select_samples)
+    shard: int = 0
+    transforms: list[Any] = field(default_factory=list)  # torchvision transforms as _target_ nodes
+    input_low: float = 0.0  # the range of the model's input values (after transforms), for ZBox
+    input_high: float = 1.0
+    on_corrupt: OnCorrupt = OnCorrupt.skip
+    num_workers: int = 0
+
+
+@dataclass
+class EvaluationConf:
+    name: str = "pixel_flipping"
+    features_in_step: int = 32
+    baseline: Any = 0.0  # a number, or "mean" / "blur" / "uniform"
+    unit: str = "pixel"
+    softmax: bool = True
+
+
+@dataclass
+class TrackingConf:
+    uri: Optional[str] = None  # else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "xai-pipeline"
+    heatmaps: int = 8  # per-sample heatmaps logged as images (the first N samples, same keys in every run)
+    publish: bool = True  # false: results stay in the output folder; `python -m pipeline.publish` sends them
+
+
+@dataclass
+class Config:
+    method: Any = MISSING
+    composite: Any = MISSING
+    model: ModelConf = MISSING
+    dataset: DatasetConf = MISSING
+    evaluation: EvaluationConf = MISSING
+    tracking: TrackingConf = MISSING
+    device: str = "auto"  # auto = cuda when present, else cpu
+    seed: int = 0
+    batch_size: int = 32
+    target: TargetChoice = TargetChoice.predicted
+    output_root: str = "outputs"
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore; the YAML options name them in their defaults lists."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="schema/method", name="gradient", node=GradientMethodConf)
+    cs.store(group="schema/method", name="smoothgrad", node=SmoothGradConf)
+    cs.store(group="schema/method", name="integrated_gradients", node=IntegratedGradientsConf)
+    cs.store(group="schema/method", name="lrp", node=LRPConf)
+    cs.store(group="schema/composite", name="none", node=NoCompositeConf)
+    cs.store(group="schema/composite", name="composite", node=CompositeConf)
+    cs.store(group="schema/composite", name="box_composite", node=BoxCompositeConf)
+    cs.store(group="schema/model", name="model", node=ModelConf)
+    cs.store(group="schema/dataset", name="dataset", node=DatasetConf)
+    cs.store(group="schema/evaluation", name="evaluation", node=EvaluationConf)
+    cs.store(group="schema/tracking", name="tracking", node=TrackingConf)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A short digest of everything that decides the results (all but ``hydra`` and ``tracking``)."""
+    identity = {}
+    for key in cfg:
+        if key in NOT_IN_IDENTITY:
+            continue  # never resolve these: hydra.run.dir itself interpolates this hash
+        value = cfg[key]
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+        identity[key] = value.name if isinstance(value, Enum) else value
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _config_hash_resolver(*, _root_: DictConfig) -> str:
+    return config_hash(_root_)
+
+
+if not OmegaConf.has_resolver("config_hash"):
+    OmegaConf.register_new_resolver("config_hash", _config_hash_resolver)
+
+register_configs()
