@@ -3,6 +3,8 @@ from xai.analyzer import Analyzer, analyze
 from xai.errors import UnsupportedModelError
 from xai.explanation import Explanation
 from xai.gradient import Gradient, InputTimesGradient
+from xai.integrated_gradients import IntegratedGradients
+from xai.smoothgrad import SmoothGrad
 from xai.softmax import strip_softmax
 
 __all__ = [
@@ -10,6 +12,8 @@ __all__ = [
     "Explanation",
     "Gradient",
     "InputTimesGradient",
+    "IntegratedGradients",
+    "SmoothGrad",
     "UnsupportedModelError",
     "analyze",
     "strip_softmax",

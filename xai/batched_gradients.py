@@ -1,0 +1,62 @@
+"""Weighted sums of target gradients over many derived inputs, evaluated in bounded chunks.
+
+SmoothGrad and Integrated Gradients both average the gradient over ``steps`` derived copies of each
+sample (noisy copies, points on a path). Stacking all ``steps x N`` copies at once runs out of memory
+on large models, and one forward per copy is slow; this evaluates at most ``batch_size`` copies per
+forward/backward and keeps no graph beyond a chunk.
+"""
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from xai.analyzer import check_output
+from xai.targets import one_hot_at
+
+# points(first_step, stop_step) -> Tensor (stop_step - first_step, N, *sample_shape)
+PointMaker = Callable[[int, int], Tensor]
+
+
+def check_batch_size(batch_size: int) -> int:
+    """The bound on inputs per forward/backward must be a positive int."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (inputs per forward/backward), got {batch_size!r}")
+    return batch_size
+
+
+def weighted_gradient_sum(
+    model: nn.Module,
+    points: PointMaker,
+    weights: Tensor,
+    target: Tensor,
+    batch_size: int,
+    desc: str = "gradients",
+) -> Tensor:
+    """``sum_s weights[s] * d model(points_s)[n, target[n]] / d points_s[n]`` for every sample n.
+
+    ``points(a, b)`` returns the inputs of steps a..b-1 for all N samples, shape (b - a, N, ...).
+    Steps are visited in order, so ``points`` may draw them lazily (e.g. seeded noise).
+    The step weight is folded into the backward seed, so each chunk costs one forward and one backward.
+    """
+    n, steps = target.shape[0], weights.shape[0]
+    total = steps * n
+    total_grad: Tensor | None = None
+    starts = range(0, total, batch_size)
+    for start in tqdm(starts, desc=desc, leave=False, disable=None if len(starts) > 1 else True):
+        stop = min(start + batch_size, total)
+        first_step, stop_step = start // n, (stop - 1) // n + 1
+        block = points(first_step, stop_step)
+        chunk = block.reshape(-1, *block.shape[2:])[start - first_step * n : stop - first_step * n]
+        flat = torch.arange(start, stop, device=target.device)
+        sample, step = flat % n, flat // n
+        chunk = chunk.detach().requires_grad_(True)
+        with torch.enable_grad():
+            output = model(chunk)
+            check_output(output)
+            seed = one_hot_at(output, target[sample]) * weights.to(output)[step, None]
+            (grad,) = torch.autograd.grad(output, chunk, grad_outputs=seed)
+        if total_grad is None:
+            total_grad = torch.zeros((n, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+        total_grad.index_add_(0, sample, grad)
+    return total_grad
