@@ -1,0 +1,97 @@
+"""What PixelFlipping and RegionPerturbation share: input checks, baseline, ranking once, the batched engine."""
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from evaluation.baselines import check_baseline, make_baseline
+from evaluation.ordering import check_order, flip_step, flipped_fraction, number_of_steps, step_of_rank
+from evaluation.perturbation_curve import PerturbationResult, perturbation_curves
+from xai.analyzer import check_input
+from xai.targets import Target
+
+
+def check_attribution(x: Tensor, attribution: Tensor) -> None:
+    """The attribution must rank the features of ``x``: same shape (or one channel for all), finite values."""
+    if not isinstance(attribution, Tensor):
+        raise TypeError(f"attribution must be a torch.Tensor shaped like the input, got {type(attribution).__name__}")
+    n, c, h, w = x.shape
+    if attribution.shape not in (x.shape, (n, 1, h, w)):
+        raise ValueError(
+            f"attribution has shape {tuple(attribution.shape)} but the input has shape {tuple(x.shape)}: "
+            f"give one attribution value per input value (shape {tuple(x.shape)}) or one per pixel ({(n, 1, h, w)})"
+        )
+    if not attribution.dtype.is_floating_point:
+        raise TypeError(f"attribution must be a floating-point tensor, got dtype {attribution.dtype}")
+    if not torch.isfinite(attribution).all():
+        raise ValueError(
+            "attribution contains NaN or Inf values, so it does not rank the features: "
+            "fix the explanation (e.g. a smaller epsilon-free rule) or replace them with torch.nan_to_num"
+        )
+
+
+class PerturbationMetric(ABC):
+    """Flip units of the input in order of relevance and track the target score (the subclass defines the units).
+
+    Subclasses are frozen dataclasses with the fields ``baseline``, ``order``, ``softmax``, ``steps``,
+    ``batch_size``, ``seed``, ``blur_sigma`` and ``progress``.
+    """
+
+    baseline: float | str
+    order: str
+    softmax: bool
+    steps: int | None
+    batch_size: int
+    seed: int
+    blur_sigma: float | None
+    progress: bool
+
+    def _check_options(self) -> None:
+        check_baseline(self.baseline)
+        check_order(self.order)
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+
+    def __call__(self, model: nn.Module, x: Tensor, attribution: Tensor, target: Target = None) -> PerturbationResult:
+        """The curve of each sample in ``self.order``; ``target`` as for analyzers (None = the top class on x)."""
+        return self.curves(model, x, attribution, target, (self.order,))[0]
+
+    def curves(
+        self, model: nn.Module, x: Tensor, attribution: Tensor, target: Target, orders: Sequence[str]
+    ) -> list[PerturbationResult]:
+        """One result per order, sharing the unperturbed forward pass and the batches."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_input(x)
+        if x.dim() != 4:
+            raise ValueError(f"input must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+        check_attribution(x, attribution)
+        step_of = self._step_of_rank(x)
+        relevance = self._unit_relevance(attribution.to(x.dtype), x)
+        flips = [self._spread(flip_step(relevance, order, step_of), x) for order in orders]
+        baseline = make_baseline(self.baseline, x.detach(), self.seed, self.blur_sigma)
+        target, curves = perturbation_curves(
+            model, x.detach(), baseline, flips, number_of_steps(step_of), target,
+            self.softmax, self.batch_size, self.progress,
+        )
+        fraction = flipped_fraction(step_of).to(device=x.device, dtype=x.dtype)
+        return [PerturbationResult(c, fraction, target, order) for c, order in zip(curves, orders)]
+
+    def _step_of_rank(self, x: Tensor) -> Tensor:
+        return step_of_rank(*self._schedule(x))
+
+    @abstractmethod
+    def _schedule(self, x: Tensor) -> tuple[int, int | None, int | None, str]:
+        """(number of units of ``x``, units per step, number of steps, the units in words for error messages).
+
+        Exactly one of units per step and number of steps is given.
+        """
+
+    @abstractmethod
+    def _unit_relevance(self, attribution: Tensor, x: Tensor) -> Tensor:
+        """(N, units): the relevance by which the units are ranked."""
+
+    @abstractmethod
+    def _spread(self, unit_flip_step: Tensor, x: Tensor) -> Tensor:
+        """Map the (N, units) flip steps onto the input: (N, C or 1, H, W)."""
