@@ -5,7 +5,7 @@ wrong type or an unknown key fails at composition, before any work, with the key
 """
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -125,14 +125,15 @@ class EvaluationConf:
     baseline: Any = 0.0  # a number, or "mean" / "blur" / "uniform"
     unit: str = "pixel"
     softmax: bool = True
+    batch_size: int = 512  # perturbed inputs per forward pass
 
 
 @dataclass
 class TrackingConf:
     uri: Optional[str] = None  # else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "xai-pipeline"
-    heatmaps: int = 8  # per-sample heatmaps logged as images (the first N samples, same keys in every run)
     publish: bool = True  # false: results stay in the output folder; `python -m pipeline.publish` sends them
+    tags: dict[str, str] = field(default_factory=dict)  # extra run tags, e.g. tracking.tags.trigger=cron
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Config:
     seed: int = 0
     batch_size: int = 32
     target: TargetChoice = TargetChoice.predicted
+    heatmaps: int = 8  # heatmaps kept and logged as images: the first N samples, the same keys in every run
     output_root: str = "outputs"
 
 
@@ -184,7 +186,33 @@ def _config_hash_resolver(*, _root_: DictConfig) -> str:
     return config_hash(_root_)
 
 
-if not OmegaConf.has_resolver("config_hash"):
-    OmegaConf.register_new_resolver("config_hash", _config_hash_resolver)
+def run_name(method: str, composite: str) -> str:
+    """``<method>-<composite>``, with ``none`` for methods that take no composite: the MLflow run name."""
+    from pipeline.explain import uses_composite
+
+    return f"{method}-{composite if uses_composite(method) else 'none'}"
+
+
+for _name, _resolver in (("config_hash", _config_hash_resolver), ("run_name", run_name)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 register_configs()
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail before any work on a missing value (``???``) or a key added with ``+`` that no schema knows."""
+    OmegaConf.to_object(cfg)  # raises MissingMandatoryValue naming the full key
+    _reject_unknown_keys(cfg, Config, prefix="")
+
+
+def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str) -> None:
+    known = {f.name for f in fields(schema)} | ({"hydra"} if not prefix else set())
+    unknown = sorted(set(node.keys()) - known)
+    if unknown:
+        names = ", ".join(prefix + k for k in unknown)
+        raise ValueError(f"unknown config key(s) {names}; valid keys here: {', '.join(sorted(known - {'hydra'}))}")
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and is_dataclass(OmegaConf.get_type(child)):
+            _reject_unknown_keys(child, OmegaConf.get_type(child), prefix + f"{key}.")

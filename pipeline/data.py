@@ -1,0 +1,170 @@
+"""The data stage: which samples a run covers, and loading them in batches.
+
+Sources: the bundled digits, a torchvision ``ImageFolder`` (unreadable images skipped or fatal, by
+config) and CIFAR-10 from a local folder. Every per-sample selection goes through ``select_samples``.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.config import DatasetKind, OnCorrupt
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Stands in for a sample whose file could not be read."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Batch:
+    ids: Tensor  # (n,) dataset indices of the samples that loaded
+    x: Tensor
+    labels: Tensor
+    skipped: list[Unreadable] = field(default_factory=list)
+    skipped_ids: list[int] = field(default_factory=list)
+
+
+class TensorImages(Dataset):
+    """Images already in memory (the bundled digits)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, classes: tuple[str, ...], transform: Optional[Callable]):
+        self.images, self.labels, self.classes, self.transform = images, labels, classes, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
+
+
+class CheckedImageFolder(Dataset):
+    """``ImageFolder`` that hands back ``Unreadable(path, reason)`` instead of raising on a broken file."""
+
+    def __init__(self, root: str, transform: Optional[Callable]):
+        from torchvision.datasets import ImageFolder
+
+        self.folder = ImageFolder(root, transform=transform)
+        self.classes = tuple(self.folder.classes)
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.folder[index]
+        except (OSError, ValueError, SyntaxError) as error:  # PIL raises these for truncated/corrupt files
+            path, label = self.folder.samples[index]
+            return Unreadable(path, f"{type(error).__name__}: {error}"), label
+
+
+def build_transform(specs: list[Any]) -> Optional[Callable]:
+    """Compose the configured torchvision transforms (``_target_`` nodes), or None when there are none."""
+    if not specs:
+        return None
+    from torchvision.transforms import Compose
+
+    return Compose([instantiate(spec) for spec in specs])
+
+
+def load_dataset(cfg: DictConfig) -> Dataset:
+    """The whole configured dataset (selection happens in ``select_samples``); nothing is downloaded."""
+    transform = build_transform(list(cfg.transforms))
+    if cfg.kind == DatasetKind.digits:
+        from pipeline.bundled import CLASSES, digits_split
+
+        images, labels = digits_split(cfg.split)
+        return TensorImages(images, labels, CLASSES, transform)
+    path = Path(cfg.path).expanduser()
+    if cfg.kind == DatasetKind.image_folder:
+        if not path.is_dir():
+            raise FileNotFoundError(f"dataset.path={cfg.path} is not a folder: give a folder of <class>/<image> files")
+        return CheckedImageFolder(str(path), transform)
+    if cfg.kind == DatasetKind.cifar10:
+        from torchvision.datasets import CIFAR10
+
+        if cfg.split not in ("train", "test"):
+            raise ValueError(f"dataset.split={cfg.split} is not a CIFAR-10 split: use train or test")
+        try:
+            data = CIFAR10(str(path), train=cfg.split == "train", transform=transform, download=False)
+        except RuntimeError as error:
+            raise FileNotFoundError(
+                f"CIFAR-10 not found or corrupted under dataset.path={cfg.path} ({error}): put the python version "
+                f"(folder cifar-10-batches-py from https://www.cs.toronto.edu/~kriz/cifar.html) there; "
+                f"the pipeline never downloads"
+            ) from error
+        data.classes = tuple(data.classes)
+        return data
+    raise ValueError(f"unknown dataset.kind={cfg.kind}")
+
+
+def dataset_source(cfg: DictConfig) -> str:
+    """Where the images come from, for the run's dataset record."""
+    if cfg.kind == DatasetKind.digits:
+        import sklearn.datasets
+
+        return str(Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz")
+    return str(Path(cfg.path).expanduser().resolve())
+
+
+def select_samples(total: int, limit: Optional[int] = None, num_shards: int = 1, shard: int = 0) -> list[int]:
+    """The dataset indices a run covers: the first ``limit`` samples, then the ``shard``-th of ``num_shards``.
+
+    Shards are disjoint, deterministic and cover the selection (``ids[shard::num_shards]``).
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"dataset.limit={limit} must be >= 1 (or null for all {total} samples)")
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"dataset.shard={shard} must be in 0..{num_shards - 1} (dataset.num_shards={num_shards})")
+    ids = list(range(min(total, limit) if limit is not None else total))
+    return ids[shard::num_shards]
+
+
+def batch_plan(ids: list[int], batch_size: int) -> list[list[int]]:
+    """Fixed batches of sample ids: resuming relies on batch ``k`` always holding the same samples."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    return [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+
+
+def _collate(items: list[tuple[int, tuple[Any, int]]]) -> Batch:
+    loaded = [(i, x, y) for i, (x, y) in items if not isinstance(x, Unreadable)]
+    broken = [(i, x) for i, (x, _) in items if isinstance(x, Unreadable)]
+    if loaded:
+        ids, xs, ys = zip(*loaded)
+        ids, x, labels = torch.tensor(ids), torch.stack(xs), torch.tensor(ys)
+    else:
+        ids, x, labels = torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return Batch(ids, x, labels, skipped=[b for _, b in broken], skipped_ids=[i for i, _ in broken])
+
+
+class _Indexed(Dataset):
+    def __init__(self, data: Dataset):
+        self.data = data
+
+    def __getitem__(self, index: int):
+        return index, self.data[index]
+
+
+def iterate_batches(
+    data: Dataset, batches: list[list[int]], on_corrupt: OnCorrupt = OnCorrupt.skip, num_workers: int = 0
+) -> Iterator[Batch]:
+    """Load the given batches in order; unreadable images are skipped (reported by path) or fail the run."""
+    loader = DataLoader(_Indexed(data), batch_sampler=batches, collate_fn=_collate, num_workers=num_workers)
+    for batch in loader:
+        if batch.skipped and on_corrupt == OnCorrupt.fail:
+            first = batch.skipped[0]
+            raise RuntimeError(
+                f"unreadable image {first.path} ({first.reason}): fix or remove the file, "
+                f"or set dataset.on_corrupt=skip to skip (and count) unreadable images"
+            )
+        yield batch

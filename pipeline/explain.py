@@ -1,0 +1,64 @@
+"""The explain stage: the method and composite configs -> an ``xai`` analyzer.
+
+``method=lrp`` needs a composite. The other methods have no rules: a composite given with them is
+ignored (with a warning) and the run is tagged ``composite=none``, so the default composite in
+``conf/config.yaml`` does not get in the way of ``method=gradient``.
+"""
+import warnings
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+METHODS = ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "lrp")
+COMPOSITES = {
+    "epsilon_gamma_box": "EpsilonGammaBox",
+    "epsilon_plus": "EpsilonPlus",
+    "epsilon_plus_flat": "EpsilonPlusFlat",
+    "epsilon_alpha2_beta1": "EpsilonAlpha2Beta1",
+    "epsilon_alpha2_beta1_flat": "EpsilonAlpha2Beta1Flat",
+}
+NO_COMPOSITE = "none"
+
+
+def uses_composite(method: str) -> bool:
+    return method == "lrp"
+
+
+def effective_composite(method: DictConfig, composite: DictConfig) -> str:
+    """The composite a run really uses: its name for LRP, ``none`` for methods without rules."""
+    if uses_composite(method.name):
+        if composite.name == NO_COMPOSITE:
+            raise ValueError(f"method=lrp needs a composite: choose composite= one of {', '.join(COMPOSITES)}")
+        return composite.name
+    if composite.name != NO_COMPOSITE:
+        warnings.warn(f"method={method.name} has no rules: composite={composite.name} is ignored (tagged composite=none)")
+    return NO_COMPOSITE
+
+
+def build_analyzer(model: nn.Module, method: DictConfig, composite: DictConfig, seed: int):
+    """The analyzer for one batch. ``seed`` feeds stochastic methods, so a resumed batch repeats its draws."""
+    import xai  # the pipeline imports before every method exists; only the chosen one is needed
+
+    name = method.name
+    if name not in METHODS:
+        raise ValueError(f"method.name={name} is unknown; available: {', '.join(METHODS)}")
+    if name == "gradient":
+        return xai.Gradient(model)
+    if name == "input_x_gradient":
+        return xai.InputTimesGradient(model)
+    if name == "smoothgrad":
+        return xai.SmoothGrad(model, samples=method.samples, noise_level=method.noise_level, seed=seed)
+    if name == "integrated_gradients":
+        return xai.IntegratedGradients(model, steps=method.steps)
+    return xai.LRP(model, composite=build_composite(composite))
+
+
+def build_composite(composite: DictConfig):
+    """An ``xai.composites`` preset from its config (every key but ``name`` is a keyword argument)."""
+    import xai.composites
+
+    name = effective_composite(OmegaConf.create({"name": "lrp"}), composite)
+    if name not in COMPOSITES:
+        raise ValueError(f"composite={name} is unknown; available: {', '.join(COMPOSITES)}")
+    kwargs = {k: v for k, v in OmegaConf.to_container(composite, resolve=True).items() if k != "name"}
+    return getattr(xai.composites, COMPOSITES[name])(**kwargs)

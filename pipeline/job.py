@@ -1,0 +1,187 @@
+"""One pipeline job, data -> model -> explain -> evaluate -> results folder -> MLflow, each stage with one job.
+
+``explain_and_score`` computes per-sample results for given batches of sample ids and writes each batch
+to the output folder as soon as it is done; ``run_job`` plans the batches, skips the finished ones
+(resume), summarises and publishes.
+"""
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.config import TargetChoice, config_hash, run_name, validate
+from pipeline.data import batch_plan, dataset_source, iterate_batches, load_dataset, select_samples
+from pipeline.evaluate import METRICS, Faithfulness
+from pipeline.explain import build_analyzer, effective_composite
+from pipeline.models import load_model, resolve_device
+from pipeline.report import summarize
+from pipeline.results import RunFolder
+from pipeline.tracking import publish, publish_command, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+#: Fault injection for the resume tests: SIGKILL this process after writing that many batches.
+KILL_AFTER_BATCHES_ENV = "PIPELINE_KILL_AFTER_BATCHES"
+
+
+def git_commit() -> str:
+    """The commit of the code that computes the results ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def explain_and_score(
+    model: nn.Module,
+    data: torch.utils.data.Dataset,
+    batches: dict[int, list[int]],
+    cfg: DictConfig,
+    folder: RunFolder,
+    heatmap_ids: set[int],
+) -> None:
+    """Explain and score the samples of each batch (index -> sample ids) and write one result file per batch."""
+    device = next(iter(model.parameters())).device
+    faithfulness = Faithfulness(cfg.evaluation)
+    kill_after = int(os.environ.get(KILL_AFTER_BATCHES_ENV, 0))
+    loaded = iterate_batches(data, list(batches.values()), cfg.dataset.on_corrupt, cfg.dataset.num_workers)
+    progress = tqdm(zip(batches, loaded), total=len(batches), desc="explain + evaluate", unit="batch")
+    for done, (index, batch) in enumerate(progress, start=1):
+        for path, sample_id in zip(batch.skipped, batch.skipped_ids):
+            log.warning("skipped unreadable image %s (sample %d): %s", path.path, sample_id, path.reason)
+        arrays = _skipped_arrays(batch)
+        if len(batch.ids):
+            arrays |= _explain_and_score_batch(model, batch, cfg, faithfulness, seed=cfg.seed + index, device=device)
+        keep = np.isin(batch.ids.numpy(), sorted(heatmap_ids))
+        arrays["heatmap_ids"] = batch.ids.numpy()[keep]
+        arrays["heatmap_attribution"] = arrays.pop("attribution")[keep]
+        arrays["heatmap_x"] = batch.x.numpy()[keep]
+        folder.write_batch(index, arrays)
+        if done == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _explain_and_score_batch(model, batch, cfg, faithfulness, seed: int, device) -> dict[str, np.ndarray]:
+    x = batch.x.to(device)
+    target = batch.labels.to(device) if cfg.target == TargetChoice.label else None
+    start = perf_counter()
+    explanation = build_analyzer(model, cfg.method, cfg.composite, seed=seed)(x, target)
+    explained = perf_counter()
+    scores = faithfulness(model, x, explanation.attribution, explanation.target, seed=seed)
+    evaluated = perf_counter()
+    numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    return {
+        "sample_id": batch.ids.numpy(),
+        "label": batch.labels.numpy(),
+        "prediction": numpy(explanation.output.argmax(dim=1)),
+        "target": numpy(explanation.target),
+        "curve_morf": numpy(scores.curve_morf),
+        "curve_lerf": numpy(scores.curve_lerf),
+        **{m: numpy(getattr(scores, m)) for m in METRICS},
+        "attribution": numpy(explanation.attribution).astype(np.float32),
+        "explain_seconds": np.array([explained - start]),
+        "evaluate_seconds": np.array([evaluated - explained]),
+    }
+
+
+def _skipped_arrays(batch) -> dict[str, np.ndarray]:
+    empty = np.zeros(0)
+    return {
+        **{k: empty for k in ("sample_id", "label", "prediction", "target", "curve_morf", "curve_lerf", *METRICS)},
+        "attribution": empty,
+        "explain_seconds": np.zeros(1),
+        "evaluate_seconds": np.zeros(1),
+        "skipped_ids": np.array(batch.skipped_ids, dtype=np.int64),
+        "skipped_paths": np.array([s.path for s in batch.skipped], dtype=str),
+    }
+
+
+def manifest_for(cfg: DictConfig, ids: list[int], batches: list[list[int]], heatmap_ids: list[int]) -> dict[str, Any]:
+    """What the folder holds: the samples, their batches, and the labels the run is tagged with."""
+    digest = hashlib.sha256(json.dumps([cfg.dataset.name, cfg.dataset.path, cfg.dataset.split, ids]).encode())
+    return {
+        "config_hash": config_hash(cfg),
+        "run_name": run_name(cfg.method.name, cfg.composite.name),
+        "method": cfg.method.name,
+        "composite": effective_composite(cfg.method, cfg.composite),
+        "model": cfg.model.name,
+        "dataset": {
+            "name": cfg.dataset.name,
+            "split": cfg.dataset.split,
+            "source": dataset_source(cfg.dataset),
+            "digest": digest.hexdigest()[:32],
+        },
+        "sample_ids": ids,
+        "batches": batches,
+        "heatmap_ids": heatmap_ids,
+        "git_commit": git_commit(),
+    }
+
+
+def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
+    """Run (or resume) one config into ``output_dir``, then publish it unless ``tracking.publish=false``."""
+    validate(cfg)
+    start = perf_counter()
+    folder = RunFolder(output_dir)
+    torch.manual_seed(cfg.seed)
+
+    data = load_dataset(cfg.dataset)
+    ids = select_samples(len(data), cfg.dataset.limit, cfg.dataset.num_shards, cfg.dataset.shard)
+    first = select_samples(len(data), cfg.dataset.limit)[: cfg.heatmaps]  # the same heatmap samples in every shard
+    heatmap_ids = [i for i in first if i in set(ids)]
+    batches = batch_plan(ids, cfg.batch_size)
+    config_yaml = OmegaConf.to_yaml({k: cfg[k] for k in cfg if k != "hydra"}, resolve=True)
+    manifest = folder.start(manifest_for(cfg, ids, batches, heatmap_ids), config_yaml)
+    if manifest["git_commit"] != git_commit():
+        log.warning("resuming results computed at commit %s with commit %s", manifest["git_commit"], git_commit())
+
+    if folder.is_complete:
+        log.info("%s is complete already: nothing to compute", folder.path)
+    else:
+        finished = folder.finished_batches()
+        todo = {i: b for i, b in enumerate(batches) if i not in finished}
+        if finished:
+            log.info("resuming %s: %d of %d batches done", folder.path, len(finished), len(batches))
+        if todo:
+            model = load_model(cfg.model, resolve_device(cfg.device))
+            explain_and_score(model, data, todo, cfg, folder, set(heatmap_ids))
+        wall = {"runtime/wall_seconds": perf_counter() - start}  # this attempt: loading, explaining, scoring
+        metrics = summarize(folder, list(getattr(data, "classes", None) or []), extra=wall)
+        log.info("wall time %.1f s; %s", perf_counter() - start, _headline(metrics))
+        folder.mark_complete()
+
+    if cfg.tracking.publish:
+        publish_or_explain(folder, resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, dict(cfg.tracking.tags))
+    return folder
+
+
+def publish_or_explain(folder: RunFolder, uri: str, experiment: str, tags: dict[str, str]) -> str | None:
+    """Publish; when the tracking server fails, keep the local results and say how to publish them later."""
+    try:
+        run_id = publish(folder, uri, experiment, tags)
+    except Exception as error:  # any tracking failure (server down, DB locked, ...) keeps the local results
+        log.warning(
+            "could not publish to MLflow (%s). The results are safe in %s; publish them later with:\n  %s",
+            error, folder.path, publish_command(folder, uri, experiment),
+        )
+        return None
+    log.info("published to %s, experiment %s, run %s", uri, experiment, run_id)
+    return run_id
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={metrics[k]:.4f}" for k in ("faithfulness/srg", "faithfulness/auc_morf", "faithfulness/auc_lerf"))

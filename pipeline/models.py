@@ -1,0 +1,102 @@
+"""The model stage: the bundled default, a torchvision architecture by name, or the user's own module.
+
+Weights always come from local files loaded with ``weights_only=True``; nothing is downloaded.
+"""
+from pathlib import Path
+from typing import Optional
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from pipeline.config import ModelKind
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(cfg: DictConfig, device: torch.device) -> nn.Module:
+    """The configured classifier in eval mode on ``device``, with a trailing softmax removed (logits)."""
+    if cfg.kind == ModelKind.bundled:
+        from pipeline.bundled import load_default_model
+
+        model = load_default_model()
+    elif cfg.kind == ModelKind.torchvision:
+        model = _torchvision_model(cfg)
+    elif cfg.kind == ModelKind.custom:
+        if not cfg.module or "_target_" not in cfg.module:
+            raise ValueError("model.kind=custom needs model.module._target_=<package.module.ClassName>")
+        model = instantiate(OmegaConf.to_container(cfg.module, resolve=True))
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model.module._target_={cfg.module._target_} built a {type(model).__name__}, not an nn.Module")
+        _load_checkpoint(model, cfg.checkpoint, "model.checkpoint")
+    else:
+        raise ValueError(f"unknown model.kind={cfg.kind}")
+    if cfg.strip_softmax:
+        from xai import strip_softmax
+
+        strip_softmax(model)
+    return model.to(device).eval()
+
+
+def _torchvision_model(cfg: DictConfig) -> nn.Module:
+    from torchvision import models
+
+    available = models.list_models()
+    if cfg.arch not in available:
+        raise ValueError(f"model.arch={cfg.arch} is not a torchvision model; available: {', '.join(available)}")
+    if cfg.checkpoint and cfg.weights:
+        raise ValueError("give model.checkpoint or model.weights, not both")
+    kwargs = {} if cfg.num_classes is None else {"num_classes": cfg.num_classes}
+    model = models.get_model(cfg.arch, weights=None, **kwargs)
+    if cfg.checkpoint:
+        _load_checkpoint(model, cfg.checkpoint, "model.checkpoint")
+    elif cfg.weights:
+        _load_checkpoint(model, _cached_weights(cfg.weights), "model.weights")
+    else:
+        raise ValueError(
+            f"model.arch={cfg.arch} has no weights: set model.checkpoint=<state_dict file> or "
+            f"model.weights=<torchvision weights name already in torch's cache>"
+        )
+    return model
+
+
+def _cached_weights(name: str) -> str:
+    """The file of a torchvision weights name in torch's hub cache; never downloads."""
+    from torchvision.models import get_weight
+
+    try:
+        url = get_weight(name).url
+    except (ValueError, KeyError, AttributeError) as error:
+        raise ValueError(f"model.weights={name} is not a torchvision weights name (e.g. ResNet18_Weights.IMAGENET1K_V1)") from error
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model.weights={name} is not in torch's cache ({path}); the pipeline never downloads: "
+            f"copy the file there, or pass a local file with model.checkpoint=<path>"
+        )
+    return str(path)
+
+
+def _load_checkpoint(model: nn.Module, path: Optional[str], key: str) -> None:
+    if not path:
+        raise ValueError(f"{key} is not set: give the path of a state_dict saved with torch.save")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling refused or unreadable file
+        raise ValueError(
+            f"{key}={path} cannot be loaded with weights_only=True ({error}); save a plain state_dict: "
+            f"torch.save(model.state_dict(), path)"
+        ) from error
+    for wrapper in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    model.load_state_dict(state)

@@ -1,0 +1,120 @@
+"""Turn finished batch results into the run's results: per-sample table, metrics, mean curves, figures.
+
+Everything lands in ``<output_dir>/results/``; publishing only reads these files.
+"""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pipeline.evaluate import METRICS
+from pipeline.results import RunFolder, atomic_write, write_json
+
+PER_SAMPLE_COLUMNS = ("sample_id", "label", "prediction", "target", *METRICS)
+
+
+def heatmap_images(attribution: np.ndarray) -> list[Image.Image]:
+    """One RGB heatmap per sample (channels summed, centred on 0: red positive, blue negative, white 0)."""
+    images = []
+    for relevance in attribution.sum(axis=1):
+        scale = float(np.abs(relevance).max()) or 1.0
+        v = relevance / scale
+        rgb = np.stack([1 - np.clip(-v, 0, 1), 1 - np.abs(v), 1 - np.clip(v, 0, 1)], axis=-1)
+        images.append(Image.fromarray((rgb * 255).round().astype(np.uint8)))
+    return images
+
+
+def input_images(x: np.ndarray) -> list[Image.Image]:
+    """The inputs as images: min-max scaled per sample, grey for one channel."""
+    images = []
+    for sample in x:
+        lo, hi = float(sample.min()), float(sample.max())
+        scaled = (sample - lo) / (hi - lo) if hi > lo else np.zeros_like(sample)
+        pixels = (scaled.transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        images.append(Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels[..., :3]))
+    return images
+
+
+def summarize(folder: RunFolder, classes: list[str] | None = None, extra: dict[str, float] | None = None) -> dict[str, float]:
+    """Write ``results/`` from the batch files and return the run's metrics (fixed keys, plus ``extra``)."""
+    arrays = folder.read_batches()
+    out = folder.results
+    out.mkdir(parents=True, exist_ok=True)
+
+    table = pd.DataFrame({c: arrays[c] for c in PER_SAMPLE_COLUMNS})
+    atomic_write(out / "per_sample.csv", lambda f: f.write(table.to_csv(index=False).encode()))
+    skipped = pd.DataFrame({"sample_id": arrays["skipped_ids"], "path": arrays["skipped_paths"]})
+    atomic_write(out / "skipped.csv", lambda f: f.write(skipped.to_csv(index=False).encode()))
+
+    metrics = {f"faithfulness/{m}": float(np.mean(arrays[m])) for m in METRICS}
+    metrics |= {
+        "model/accuracy": float(np.mean(arrays["prediction"] == arrays["label"])),
+        "data/samples": float(len(table)),
+        "data/skipped_images": float(len(skipped)),
+        "runtime/explain_seconds": float(arrays["explain_seconds"].sum()),
+        "runtime/evaluate_seconds": float(arrays["evaluate_seconds"].sum()),
+        **(extra or {}),
+    }
+    curves = {order: arrays[f"curve_{order}"].mean(axis=0).tolist() for order in ("morf", "lerf")}
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "curves.json", curves)
+
+    ids, attribution, x = arrays["heatmap_ids"], arrays["heatmap_attribution"], arrays["heatmap_x"]
+    titles = [_title(arrays, i, classes) for i in ids]
+    heatmaps = heatmap_images(attribution) if len(ids) else []
+    for sample_id, image in zip(ids, heatmaps):
+        path = out / "heatmaps" / f"{heatmap_key(int(sample_id)).split('/')[-1]}.png"
+        atomic_write(path, lambda f, im=image: im.save(f, format="PNG"))
+    if len(ids):
+        _save_gallery(out / "gallery.png", input_images(x), heatmaps, titles)
+    _save_curves(out / "curves.png", curves)
+    return metrics
+
+
+def heatmap_key(sample_id: int) -> str:
+    """The image key of a sample's heatmap: the same in every run, so MLflow's image grid lines runs up."""
+    return f"heatmap/sample_{sample_id:05d}"
+
+
+def _title(arrays: dict[str, np.ndarray], sample_id: int, classes: list[str] | None) -> str:
+    row = int(np.flatnonzero(arrays["sample_id"] == sample_id)[0])
+    name = (lambda c: classes[c] if classes and 0 <= c < len(classes) else str(c))
+    return f"#{sample_id} y={name(int(arrays['label'][row]))} p={name(int(arrays['prediction'][row]))}"
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, plt.figure(figsize=(width, height))
+
+
+def _save_gallery(path: Path, inputs: list[Image.Image], heatmaps: list[Image.Image], titles: list[str]) -> None:
+    plt, fig = _figure(1.6 * len(inputs), 3.4)
+    axes = fig.subplots(2, len(inputs), squeeze=False)
+    for col, (image, heat, title) in enumerate(zip(inputs, heatmaps, titles)):
+        axes[0, col].imshow(image, cmap="gray" if image.mode == "L" else None)
+        axes[0, col].set_title(title, fontsize=7)
+        axes[1, col].imshow(heat)
+        for ax in axes[:, col]:
+            ax.axis("off")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def _save_curves(path: Path, curves: dict[str, list[float]]) -> None:
+    plt, fig = _figure(4.5, 3.2)
+    ax = fig.subplots()
+    for order, label in (("morf", "MoRF (most relevant first)"), ("lerf", "LeRF (least relevant first)")):
+        curve = np.asarray(curves[order])
+        ax.plot(np.linspace(0, 1, len(curve)), curve, label=label)
+    ax.set_xlabel("fraction of pixels flipped")
+    ax.set_ylabel("mean score of the explained class")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)

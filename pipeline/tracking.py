@@ -1,0 +1,161 @@
+"""Publish a finished output folder to MLflow, idempotently.
+
+The folder's run key (``manifest.json``) is stored as the run tag ``run_key``. Publishing first looks
+for a finished run with that tag and stops there: publishing twice never makes a second run. A run
+left unfinished by an interrupted publish is deleted and published again from the folder.
+"""
+import os
+import shlex
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+from PIL import Image
+
+from pipeline.report import heatmap_key
+from pipeline.results import RunFolder, read_json, write_json
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+RUN_KEY_TAG = "run_key"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be reached; the results stay in the output folder."""
+
+
+def resolve_tracking_uri(uri: Optional[str] = None) -> str:
+    """``tracking.uri`` when given, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (working directory)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def publish_command(folder: RunFolder, uri: str, experiment: str) -> str:
+    """The one command that publishes ``folder`` later."""
+    args = ["python", "-m", "pipeline.publish", str(folder.path), "--tracking-uri", uri, "--experiment", experiment]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (instead of MLflow's minutes of retries) when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+    except (urllib.error.URLError, OSError) as error:
+        raise TrackingUnavailable(f"the MLflow server at {uri} is unreachable ({error})") from error
+    raise TrackingUnavailable(f"the MLflow server at {uri} is not healthy")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"dataset.limit": "64", "dataset.transforms.0._target_": ...}`` (MLflow does not flatten)."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = enumerate(tree)
+    else:
+        return {prefix: str(tree)}
+    flat: dict[str, str] = {}
+    for key, value in items:
+        flat |= flatten(value, f"{prefix}{key}." if isinstance(value, (dict, list)) and value else f"{prefix}{key}")
+    return flat
+
+
+def publish(folder: RunFolder, uri: str, experiment: str, extra_tags: Optional[dict[str, str]] = None) -> str:
+    """Log a complete output folder as one MLflow run (or find the one already logged); returns its run id."""
+    if not folder.is_complete:
+        raise ValueError(f"{folder.path} is not complete (no COMPLETE marker): rerun the pipeline command to finish it")
+    check_reachable(uri)
+    from mlflow import MlflowClient
+    from mlflow.entities import RunStatus
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = _experiment_id(client, experiment)
+    manifest = folder.manifest
+    found = client.search_runs([experiment_id], f"tags.{RUN_KEY_TAG} = '{manifest['run_key']}'")
+    for run in found:
+        if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
+            _record(folder, uri, experiment, run.info.run_id)
+            return run.info.run_id
+        client.delete_run(run.info.run_id)  # an interrupted publish: start over from the folder
+
+    tags = {
+        RUN_KEY_TAG: manifest["run_key"],
+        "method": manifest["method"],
+        "composite": manifest["composite"],
+        "model": manifest["model"],
+        "dataset": manifest["dataset"]["name"],
+        "git_commit": manifest["git_commit"],
+        "mlflow.source.git.commit": manifest["git_commit"],
+        "config_hash": manifest["config_hash"],
+        "output_dir": str(folder.path.resolve()),
+        **(extra_tags or {}),
+    }
+    run = client.create_run(experiment_id, run_name=manifest["run_name"], tags=tags)
+    _log_results(client, run.info.run_id, folder)
+    client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    _record(folder, uri, experiment, run.info.run_id)
+    return run.info.run_id
+
+
+def _experiment_id(client, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # created meanwhile by a parallel job
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _log_results(client, run_id: str, folder: RunFolder) -> None:
+    from mlflow.entities import Metric, Param
+
+    results = folder.results
+    config = OmegaConf.to_container(OmegaConf.load(folder.config_file))
+    now = int(time.time() * 1000)
+    params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
+    metrics = [Metric(k, v, now, 0) for k, v in read_json(results / "metrics.json").items()]
+    for order, curve in read_json(results / "curves.json").items():
+        metrics += [Metric(f"curve/{order}", value, now, step) for step, value in enumerate(curve)]
+    for start in range(0, max(len(params), len(metrics)), 100):
+        client.log_batch(run_id, metrics=metrics[start : start + 100], params=params[start : start + 100])
+
+    for path in sorted((results / "heatmaps").glob("*.png")):
+        sample_id = int(path.stem.split("_")[-1])
+        with Image.open(path) as image:
+            client.log_image(run_id, np.asarray(image.convert("RGB")), key=heatmap_key(sample_id), step=0, synchronous=True)
+    client.log_table(run_id, pd.read_csv(results / "per_sample.csv"), "per_sample.json")
+    for name in ("per_sample.csv", "skipped.csv", "metrics.json", "curves.json"):
+        client.log_artifact(run_id, str(results / name), "results")
+    for name in ("gallery.png", "curves.png"):
+        if (results / name).exists():
+            client.log_artifact(run_id, str(results / name), "figures")
+    client.log_artifact(run_id, str(folder.config_file), "config")
+    if (folder.path / ".hydra").is_dir():
+        client.log_artifacts(run_id, str(folder.path / ".hydra"), "hydra")
+    _log_dataset(client, run_id, folder.manifest)
+
+
+def _log_dataset(client, run_id: str, manifest: dict[str, Any]) -> None:
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+
+    info = manifest["dataset"]
+    dataset = MetaDataset(LocalArtifactDatasetSource(info["source"]), name=info["name"], digest=info["digest"])
+    tags = [InputTag("mlflow.data.context", "evaluation"), InputTag("samples", str(len(manifest["sample_ids"])))]
+    client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), tags)])
+
+
+def _record(folder: RunFolder, uri: str, experiment: str, run_id: str) -> None:
+    records = read_json(folder.published_file) if folder.published_file.exists() else []
+    entry = {"tracking_uri": uri, "experiment": experiment, "run_id": run_id}
+    if entry not in records:
+        write_json(folder.published_file, records + [entry])
