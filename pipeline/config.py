@@ -96,7 +96,7 @@ class ModelConf:
     kind: ModelKind = MISSING
     arch: Optional[str] = None  # torchvision model name, e.g. resnet18
     weights: Optional[str] = None  # torchvision weights name, used only when torch's cache has the file
-    checkpoint: Optional[str] = None  # local state_dict, loaded with weights_only=True
+    checkpoint: Optional[str] = MISSING  # local state_dict (weights_only=True); each option sets it
     num_classes: Optional[int] = None
     module: Optional[dict[str, Any]] = None  # custom: {_target_: pkg.Net, **constructor kwargs}
     strip_softmax: bool = True
@@ -106,7 +106,7 @@ class ModelConf:
 class DatasetConf:
     name: str = MISSING
     kind: DatasetKind = MISSING
-    path: Optional[str] = None
+    path: Optional[str] = MISSING  # each option sets it (null for the bundled digits)
     split: str = "test"
     limit: Optional[int] = None  # explain and score only the first N samples
     num_shards: int = 1  # sharding: the i-th of K disjoint parts (see pipeline.data.select_samples)
@@ -202,7 +202,9 @@ register_configs()
 
 def validate(cfg: DictConfig) -> None:
     """Fail before any work on a missing value (``???``) or a key added with ``+`` that no schema knows."""
-    OmegaConf.to_object(cfg)  # raises MissingMandatoryValue naming the full key
+    missing = sorted(OmegaConf.missing_keys({k: cfg._get_node(k) for k in cfg if k != "hydra"}))
+    if missing:
+        raise ValueError(f"missing config value(s): {', '.join(missing)}; set them, e.g. {missing[0]}=<value>")
     _reject_unknown_keys(cfg, Config, prefix="")
 
 
