@@ -3,20 +3,25 @@ from evaluation.baselines import NAMED_BASELINES, make_baseline
 from evaluation.perturbation_curve import PerturbationResult
 from evaluation.perturbation_metric import PerturbationMetric
 from evaluation.pixel_flipping import PixelFlipping
+from evaluation.quantus_adapter import KNOWN_BROKEN, QuantusMetric, QuantusMetricError, evaluate_quantus
 from evaluation.region_perturbation import RegionPerturbation
 from evaluation.scores import aopc, auc, symmetric_relevance_gain
 from evaluation.symmetric_relevance_gain import SymmetricRelevanceGain, SymmetricRelevanceResult
 
 __all__ = [
+    "KNOWN_BROKEN",
     "NAMED_BASELINES",
     "PerturbationMetric",
     "PerturbationResult",
     "PixelFlipping",
+    "QuantusMetric",
+    "QuantusMetricError",
     "RegionPerturbation",
     "SymmetricRelevanceGain",
     "SymmetricRelevanceResult",
     "aopc",
     "auc",
+    "evaluate_quantus",
     "make_baseline",
     "symmetric_relevance_gain",
 ]
