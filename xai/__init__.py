@@ -4,6 +4,7 @@ from xai.errors import UnsupportedModelError
 from xai.explanation import Explanation
 from xai.gradient import Gradient, InputTimesGradient
 from xai.integrated_gradients import IntegratedGradients
+from xai.lrp import LRP
 from xai.smoothgrad import SmoothGrad
 from xai.softmax import strip_softmax
 
@@ -13,6 +14,7 @@ __all__ = [
     "Gradient",
     "InputTimesGradient",
     "IntegratedGradients",
+    "LRP",
     "SmoothGrad",
     "UnsupportedModelError",
     "analyze",

@@ -1,0 +1,122 @@
+"""The canonical form of a linear layer for LRP: Linear/Conv with a following BatchNorm merged in, on copies.
+
+LRP is not implementation invariant: a BatchNorm after a convolution is an affine map, and a rule must see
+convolution and BatchNorm as the one affine layer they form together (Zennit's ``SequentialMergeBatchNorm``).
+Zennit merges by overwriting the module's parameters for the duration of the analysis; here the merged weights
+are new tensors held by an ``AffineLayer``, so the user's model is never written to, also not temporarily.
+
+The weights derived from a layer (merged weights, W+, W-, W + gamma W+, ...) are computed once and cached until a
+source parameter or buffer changes (its storage or its ``_version``), so an analyzer pays for them once, not on
+every call (Zennit recomputes and copies them in every backward pass).
+"""
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LINEAR_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCH_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def conv_padding(conv: nn.Module) -> tuple[int, ...] | None:
+    """The explicit zero padding of a convolution, or None if it cannot be written as one (asymmetric 'same')."""
+    if conv.padding_mode != "zeros":
+        return None
+    if conv.padding == "valid":
+        return (0,) * len(conv.kernel_size)
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        if any(t % 2 for t in total):
+            return None
+        return tuple(t // 2 for t in total)
+    return tuple(conv.padding)
+
+
+class AffineLayer:
+    """A Linear or Conv module (optionally with the BatchNorm that follows it) seen as z = W x + b.
+
+    ``forward``/``transpose`` apply W (or a modified W) and its transpose; ``derived`` caches tensors computed from
+    the merged (W, b). The module and the BatchNorm are only read.
+    """
+
+    def __init__(self, module: nn.Module, batch_norm: nn.Module | None = None):
+        self.module = module
+        self.batch_norm = batch_norm
+        self.is_conv = isinstance(module, CONV_TYPES)
+        if self.is_conv:
+            self.padding = conv_padding(module)
+            if self.padding is None:
+                raise ValueError(f"{type(module).__name__} with padding={module.padding!r} and padding_mode="
+                                 f"{module.padding_mode!r} has no explicit zero padding")
+        self._signature = None
+        self._cache: dict = {}
+
+    def _sources(self) -> list[Tensor]:
+        tensors = [self.module.weight, self.module.bias]
+        if self.batch_norm is not None:
+            bn = self.batch_norm
+            tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+        return [t for t in tensors if t is not None]
+
+    def refresh(self) -> None:
+        """Drop cached weights if any source tensor was replaced or modified in place since they were computed."""
+        signature = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._sources())
+        if self.batch_norm is not None:
+            signature += (self.batch_norm.eps,)
+        if signature != self._signature:
+            self._cache.clear()
+            self._signature = signature
+
+    @property
+    def params(self) -> tuple[Tensor, Tensor | None]:
+        """The merged (weight, bias); bias is None for a bias-free layer without BatchNorm."""
+        if "params" not in self._cache:
+            self._cache["params"] = self._merge()
+        return self._cache["params"]
+
+    def _merge(self) -> tuple[Tensor, Tensor | None]:
+        weight = self.module.weight.detach()
+        bias = None if self.module.bias is None else self.module.bias.detach()
+        bn = self.batch_norm
+        if bn is None:
+            return weight, bias
+        scale = (bn.running_var + bn.eps) ** 0.5
+        scale = (bn.weight.detach() if bn.weight is not None else torch.ones_like(scale)) / scale
+        shift = bn.bias.detach() if bn.bias is not None else torch.zeros_like(scale)
+        merged_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+        centred = -bn.running_mean if bias is None else bias - bn.running_mean
+        return merged_weight, centred * scale + shift
+
+    def derived(self, key, make: Callable[[Tensor, Tensor | None], object]):
+        """``make(weight, bias)`` on the merged parameters, computed once per parameter state."""
+        if key not in self._cache:
+            self._cache[key] = make(*self.params)
+        return self._cache[key]
+
+    def canonical_output(self, z: Tensor) -> Tensor:
+        """The merged layer's output from the module's own output: apply the BatchNorm (in eval form)."""
+        bn = self.batch_norm
+        if bn is None:
+            return z
+        return F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """W x + b with the given (modified) parameters and the module's geometry."""
+        if not self.is_conv:
+            return F.linear(x, weight, bias)
+        m = self.module
+        dims = len(m.kernel_size)
+        return torch.convolution(x, weight, bias, m.stride, self.padding, m.dilation, False, (0,) * dims, m.groups)
+
+    def transpose(self, g: Tensor, weight: Tensor, x: Tensor) -> Tensor:
+        """W^T g: the vector-Jacobian product with respect to an input shaped like ``x``, without autograd."""
+        if not self.is_conv:
+            return g @ weight
+        m = self.module
+        dims = len(m.kernel_size)
+        return torch.ops.aten.convolution_backward(
+            g, x, weight, None, m.stride, self.padding, m.dilation, False, (0,) * dims, m.groups,
+            (True, False, False),
+        )[0]

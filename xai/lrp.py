@@ -1,0 +1,210 @@
+"""The LRP analyzer: one forward pass in which relevance replaces the gradient, one backward pass.
+
+How it works (and why it is faster than Zennit, see reference/zennit.md section 8): during a single forward pass
+of the user's model, a forward hook replaces the output of every layer that has a rule by the same values coming
+out of a custom ``torch.autograd.Function``, whose backward maps the relevance at the output directly to the
+relevance at the input. Autograd then carries relevance instead of gradient; layers without a rule (MaxPool:
+winner takes all; Flatten, Dropout, reshapes) route it with their plain gradient. Unlike Zennit, the layer's own
+gradient is never computed and thrown away, its forward is not recomputed for rules that can reuse its output,
+and modified weights (W+, W + gamma W+, merged BatchNorm) are computed once per analyzer and cached.
+
+Residual additions ``a + b`` of two activations, also written as a functional ``+``/``+=`` inside ``forward``
+(torchvision's ResNet), are caught by a ``TorchFunctionMode`` and split in proportion to the summands (Zennit's
+Norm rule on its ``Sum`` layer), so relevance is never duplicated.
+"""
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from xai.analyzer import Analyzer, check_output
+from xai.canonize import BATCH_NORM_TYPES, AffineLayer
+from xai.composites import Composite, default_composite
+from xai.model_check import ADVICE, Trace, check_modules, trace
+from xai.errors import UnsupportedModelError
+from xai.rules import LinearRule, PassRule, Rule, stabilize
+from xai.targets import Target, one_hot_at, resolve_target
+
+
+class _LinearRelevance(torch.autograd.Function):
+    """Forward: the layer's own output. Backward: the rule's relevance at the input, from what the rule kept."""
+
+    @staticmethod
+    def forward(ctx, x, output, layer, rule):
+        z = layer.canonical_output(output) if rule.uses_output else None
+        ctx.save_for_backward(*rule.remember(x, z))
+        ctx.layer, ctx.rule = layer, rule
+        return output
+
+    @staticmethod
+    def backward(ctx, relevance):
+        x, extra = ctx.saved_tensors
+        return ctx.rule.relevance(ctx.layer, x, extra, relevance), None, None, None
+
+
+class _ModuleRelevance(torch.autograd.Function):
+    """Forward: the module's own output. Backward: ``rule.propagate`` (Pass, Norm, custom rules)."""
+
+    @staticmethod
+    def forward(ctx, x, output, module, rule):
+        ctx.save_for_backward(x if rule.needs_input else None)
+        ctx.module, ctx.rule, ctx.shape = module, rule, x.shape
+        return output
+
+    @staticmethod
+    def backward(ctx, relevance):
+        (x,) = ctx.saved_tensors
+        relevance = ctx.rule.propagate(ctx.module, x, relevance)
+        return relevance.reshape(ctx.shape), None, None, None
+
+
+class _ProportionalSum(torch.autograd.Function):
+    """a + b whose backward gives each summand its share: R_a = a R / stab(a + b), R_b = b R / stab(a + b)."""
+
+    @staticmethod
+    def forward(ctx, a, b, stabilizer):
+        total = a + b
+        ctx.save_for_backward(a, b)
+        ctx.stabilizer = stabilizer
+        return total
+
+    @staticmethod
+    def backward(ctx, relevance):
+        a, b = ctx.saved_tensors
+        s = relevance / stabilize(a + b, ctx.stabilizer)
+        return (a * s).sum_to_size(a.shape), (b * s).sum_to_size(b.shape), None
+
+
+class _ResidualSums(TorchFunctionMode):
+    """During the LRP forward pass: turn additions of two activations into proportional sums."""
+
+    _ADD = {"add", "__add__", "__radd__", "add_", "__iadd__"}
+
+    def __init__(self, stabilizer: float):
+        super().__init__()
+        self.stabilizer = stabilizer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (getattr(func, "__name__", "") in self._ADD and len(args) == 2 and "out" not in kwargs
+                and torch.is_grad_enabled()):
+            a, b = args
+            if isinstance(a, Tensor) and isinstance(b, Tensor) and a.requires_grad and b.requires_grad:
+                alpha = kwargs.get("alpha", 1)
+                # add_/+= become out-of-place: the caller rebinds the name to the returned tensor
+                return _ProportionalSum.apply(a, b if alpha == 1 else alpha * b, self.stabilizer)
+        return func(*args, **kwargs)
+
+
+class LRP(Analyzer):
+    """Layer-wise Relevance Propagation with Zennit's rules and composites.
+
+    ``composite`` maps layers to rules (default: ``EpsilonRule()`` on every Linear/Conv, see
+    ``xai.composites.default_composite``); ``rules`` maps module paths (as in ``named_modules()``), module
+    objects or module types to rules and takes precedence. The output relevance is one-hot at the target.
+    """
+
+    def __init__(self, model: nn.Module, composite: Composite | None = None,
+                 rules: dict[str | nn.Module | type, Rule] | None = None):
+        super().__init__(model)
+        if composite is not None and not isinstance(composite, Composite):
+            raise TypeError(f"composite must be an xai.composites.Composite (e.g. EpsilonGammaBox()), got "
+                            f"{type(composite).__name__}")
+        for key, rule in (rules or {}).items():
+            if not isinstance(rule, Rule):
+                raise TypeError(f"rules[{key!r}] must be an xai.rules.Rule, got {type(rule).__name__}")
+        self.composite = composite if composite is not None else default_composite()
+        self.rules = dict(rules or {})
+        self._layers: dict[tuple[nn.Module, nn.Module | None], AffineLayer] = {}
+        self._traces: dict[tuple, Trace] = {}
+
+    @property
+    def method(self) -> str:
+        return f"LRP({self.composite.name}{'+rules' if self.rules else ''})"
+
+    def layer_rules(self) -> dict[str, Rule]:
+        """The rule of every layer that gets one, keyed by path: user rules first, then the composite."""
+        found = self.composite.rules_for(self.model)
+        for path, module in self.model.named_modules():
+            for key in (path, module, type(module)):
+                if key in self.rules:
+                    found[path] = self.rules[key]
+                    break
+        return found
+
+    def _check_model(self) -> None:
+        check_modules(self.model, self.layer_rules())
+
+    def _trace(self, x: Tensor) -> Trace:
+        key = (tuple(x.shape[1:]), x.dtype, x.device, tuple(id(m) for m in self.model.modules()))
+        if key not in self._traces:
+            self._traces[key] = trace(self.model, x[:1])
+        return self._traces[key]
+
+    def _affine(self, module: nn.Module, batch_norm: nn.Module | None) -> AffineLayer:
+        key = (module, batch_norm)
+        if key not in self._layers:
+            self._layers[key] = AffineLayer(module, batch_norm)
+        layer = self._layers[key]
+        layer.refresh()
+        return layer
+
+    def _hooks(self, found: Trace) -> list:
+        """Forward hooks that put each layer's rule into the graph; BatchNorms merged into their layer pass."""
+        modules = dict(self.model.named_modules())
+        rules = self.layer_rules()
+        merged_into = {bn: lin for lin, bn in found.merged.items()}
+        handles = []
+        for path, module in modules.items():
+            if isinstance(module, BATCH_NORM_TYPES):
+                rule = rules.get(path) if path not in merged_into else None
+                rule = rule or PassRule()  # merged: identity; unmerged: Zennit's composites pass it too
+            else:
+                rule = rules.get(path)
+            if rule is None:
+                continue
+            if isinstance(rule, LinearRule):
+                bn = modules[found.merged[path]] if path in found.merged else None
+                handles.append(module.register_forward_hook(_linear_hook(self._affine(module, bn), rule)))
+            else:
+                handles.append(module.register_forward_hook(_module_hook(rule)))
+        return handles
+
+    def _attribute(self, x: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
+        found = self._trace(x)
+        if found.problems:
+            raise UnsupportedModelError(found.problems, ADVICE)
+        inplace = [m for m in self.model.modules() if getattr(m, "inplace", False) is True]
+        handles = []
+        try:
+            for m in inplace:  # an in-place activation would overwrite tensors the rules keep
+                m.inplace = False
+            handles = self._hooks(found)
+            x = x.detach().requires_grad_(True)
+            with torch.enable_grad(), _ResidualSums(self.composite.stabilizer):
+                output = self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+            for m in inplace:
+                m.inplace = True
+        check_output(output)
+        resolved = resolve_target(target, output)
+        (relevance,) = torch.autograd.grad(output, x, grad_outputs=one_hot_at(output, resolved))
+        return relevance, output, resolved
+
+
+def _linear_hook(layer: AffineLayer, rule: LinearRule):
+    def hook(module, args, output):
+        return _LinearRelevance.apply(args[0], output.detach(), layer, rule)
+
+    return hook
+
+
+def _module_hook(rule: Rule):
+    def hook(module, args, output):
+        return _ModuleRelevance.apply(args[0], output.detach(), module, rule)
+
+    return hook
+
+
+__all__ = ["LRP"]

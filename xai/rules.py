@@ -1,0 +1,334 @@
+"""LRP rules: how the relevance at a layer's output is redistributed to its input.
+
+The formulas, defaults and bias handling are Zennit's (``zennit.rules``), so that results agree with it to
+rounding. A rule for linear layers (Linear, Conv) follows ExplainableAI.jl's recipe, whose steps are small
+overridable hooks, so that a new rule is a few lines::
+
+    x~ = modify_input(x)                      z = W~ x~ + b~     with W~, b~ = modify_parameters(W, b)
+    s  = R / modify_denominator(z)            R_in = x~ * (W~^T s)
+
+The preset rules override ``relevance`` with a faster but equal computation: modified weights are computed once per
+analyzer (not once per backward as in Zennit), non-negative inputs (after a ReLU) drop the half of the
+sign-split terms that vanish, and the module's own forward output is reused where the rule needs it.
+"""
+import math
+
+import torch
+from torch import Tensor, nn
+
+from xai.canonize import AffineLayer
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """Zennit's stabilizer: move z away from 0 by epsilon, keeping its sign (0 becomes +epsilon)."""
+    return torch.where(z >= 0, z + epsilon, z - epsilon)
+
+
+def _positive(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.clamp(min=0)
+
+
+def _negative(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.clamp(max=0)
+
+
+def _nonnegative(x: Tensor) -> bool:
+    """Inputs after a ReLU: the sign-split rules then lose their x- terms."""
+    return bool(x.min() >= 0)
+
+
+class Rule:
+    """Redistributes the relevance at a module's output to its input.
+
+    ``propagate`` gets the module's input ``x`` (None unless ``needs_input``) and the relevance at its output;
+    it returns the relevance at the input. Subclass this for modules that are not Linear or Conv.
+    """
+
+    needs_input = True
+
+    def propagate(self, module: nn.Module, x: Tensor | None, relevance: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement propagate()")
+
+    def check_module(self, module: nn.Module) -> str | None:
+        """Why this rule cannot be used on ``module``, or None if it can."""
+        return None
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+class PassRule(Rule):
+    """R_in = R_out: for element-wise layers (activations), whose own Jacobian would distort the relevance."""
+
+    needs_input = False
+
+    def propagate(self, module, x, relevance):
+        return relevance
+
+
+class NormRule(Rule):
+    """R_in = x * J^T (R / stab(f(x))): proportional redistribution (Zennit's ``Norm``).
+
+    Used for average pooling and for residual sums; on any other module it is the Epsilon rule of the module's
+    whole map, computed by autograd.
+    """
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+
+    def propagate(self, module, x, relevance):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            y = module.forward(x)  # .forward, not __call__: no hooks inside a backward pass
+            (vjp,) = torch.autograd.grad(y, x, relevance / stabilize(y.detach(), self.stabilizer))
+        return x.detach() * vjp
+
+
+class LinearRule(Rule):
+    """Base of the rules for Linear and Conv layers: override the hooks, or ``relevance`` for full control.
+
+    The default hooks give LRP-0 with Zennit's stabilizer; parameters are the merged (BatchNorm) ones.
+    ``uses_output``: whether ``relevance`` needs the layer's forward output (then it is kept from the forward).
+    """
+
+    stabilizer = 1e-6
+    uses_output = False
+
+    def modify_input(self, x: Tensor) -> Tensor:
+        return x
+
+    def modify_parameters(self, param: Tensor, name: str) -> Tensor | None:
+        """``name`` is "weight" or "bias"; return None to drop the parameter (a zero bias)."""
+        return param
+
+    def modify_denominator(self, z: Tensor) -> Tensor:
+        return stabilize(z, self.stabilizer)
+
+    def check_module(self, module):
+        if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return f"{type(self).__name__} applies to Linear and Conv layers only"
+        return None
+
+    def modified_parameters(self, layer: AffineLayer) -> tuple[Tensor, Tensor | None]:
+        """The modified (weight, bias) of ``layer``, computed once per parameter state."""
+
+        def make(weight, bias):
+            bias = None if bias is None else self.modify_parameters(bias, "bias")
+            return self.modify_parameters(weight, "weight"), bias
+
+        return layer.derived((id(self), "modified"), make)
+
+    def remember(self, x: Tensor, z: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """What the backward pass keeps: (input, extra); ``z`` is the output when ``uses_output``."""
+        return x, z
+
+    def relevance(self, layer: AffineLayer, x: Tensor, extra: Tensor | None, relevance: Tensor) -> Tensor:
+        """The generic four steps; ``extra`` is what ``remember`` kept besides the input."""
+        x_mod = self.modify_input(x)
+        weight, bias = self.modified_parameters(layer)
+        z = layer.forward(x_mod, weight, bias)
+        s = relevance / self.modify_denominator(z)
+        return x_mod * layer.transpose(s, weight, x)
+
+
+class EpsilonRule(LinearRule):
+    """R_i = x_i sum_j w_ji R_j / stab_eps(z_j), with z = W x + b the layer's own output (bias absorbs relevance)."""
+
+    uses_output = True
+
+    def __init__(self, epsilon: float = 1e-6):
+        if not epsilon >= 0:
+            raise ValueError(f"EpsilonRule needs epsilon >= 0, got {epsilon}")
+        self.epsilon = epsilon
+
+    def modify_denominator(self, z):
+        return stabilize(z, self.epsilon)
+
+    def relevance(self, layer, x, z, relevance):
+        weight, _ = layer.params
+        return x * layer.transpose(relevance / self.modify_denominator(z), weight, x)
+
+
+class ZeroRule(EpsilonRule):
+    """LRP-0: the Epsilon rule with epsilon = 0; where z_j is exactly 0 its relevance is dropped (not NaN)."""
+
+    def __init__(self):
+        super().__init__(epsilon=0.0)
+
+    def modify_denominator(self, z):
+        return torch.where(z == 0, torch.inf, z)
+
+    def __repr__(self):
+        return "ZeroRule()"
+
+
+class GammaRule(LinearRule):
+    """Zennit's generalised Gamma rule: positive contributions boosted by gamma, valid for mixed-sign inputs too.
+
+    z_up = (W + g W+) x+ + (W + g W-) x- + b + g b+, z_down = (W + g W-) x+ + (W + g W+) x- + b + g b-;
+    s_up = [z > 0] R / stab(z_up), s_down = [z < 0] R / stab(z_down);
+    R_in = x+ * ((W + g W+)^T s_up + (W + g W-)^T s_down) + x- * ((W + g W-)^T s_up + (W + g W+)^T s_down).
+    With x >= 0 this is the classic x (W + g W+) / z. Only the sign of z is kept from the forward.
+    """
+
+    uses_output = True
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
+        if not gamma >= 0:
+            raise ValueError(f"GammaRule needs gamma >= 0, got {gamma}")
+        self.gamma = gamma
+        self.stabilizer = stabilizer
+
+    def remember(self, x, z):
+        return x, torch.sign(z).to(torch.int8)
+
+    def _up_down(self, layer):
+        g = self.gamma
+
+        def make(weight, bias):
+            up = (weight + g * weight.clamp(min=0), None if bias is None else bias + g * bias.clamp(min=0))
+            down = (weight + g * weight.clamp(max=0), None if bias is None else bias + g * bias.clamp(max=0))
+            return up, down
+
+        return layer.derived((id(self), "up_down"), make)
+
+    def relevance(self, layer, x, sign, relevance):
+        (w_up, b_up), (w_down, b_down) = self._up_down(layer)
+        r_up = relevance * (sign > 0)
+        r_down = relevance * (sign < 0)
+        if _nonnegative(x):
+            s_up = r_up / self.modify_denominator(layer.forward(x, w_up, b_up))
+            grad = layer.transpose(s_up, w_up, x)
+            if r_down.any():  # zero after a ReLU-fed upper layer: skip the whole second pass
+                s_down = r_down / self.modify_denominator(layer.forward(x, w_down, b_down))
+                grad = grad + layer.transpose(s_down, w_down, x)
+            return x * grad
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        z_up = layer.forward(xp, w_up, b_up) + layer.forward(xn, w_down)
+        z_down = layer.forward(xp, w_down, b_down) + layer.forward(xn, w_up)
+        s_up = r_up / self.modify_denominator(z_up)
+        s_down = r_down / self.modify_denominator(z_down)
+        return (xp * (layer.transpose(s_up, w_up, x) + layer.transpose(s_down, w_down, x))
+                + xn * (layer.transpose(s_up, w_down, x) + layer.transpose(s_down, w_up, x)))
+
+
+def _split_parameters(rule: LinearRule, layer: AffineLayer):
+    """(W+, b+), (W-, b-) of the merged parameters, cached on the layer."""
+
+    def make(weight, bias):
+        return (weight.clamp(min=0), _positive(bias)), (weight.clamp(max=0), _negative(bias))
+
+    return layer.derived("split", make)
+
+
+class AlphaBetaRule(LinearRule):
+    """R_in = alpha * (positive contributions) - beta * (negative contributions), alpha - beta = 1 (Zennit's).
+
+    z+ = W+ x+ + W- x- + b+, z- = W- x+ + W+ x- + b-;
+    R_in = alpha (x+ W+^T s+ + x- W-^T s+) - beta (x+ W-^T s- + x- W+^T s-), s+- = R / stab(z+-).
+    """
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6):
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"AlphaBetaRule needs alpha >= 0 and beta >= 0, got alpha={alpha}, beta={beta}")
+        if not math.isclose(alpha - beta, 1.0, rel_tol=0.0, abs_tol=1e-12):
+            raise ValueError(f"AlphaBetaRule needs alpha - beta == 1 to conserve relevance, got alpha={alpha}, "
+                             f"beta={beta}; e.g. AlphaBetaRule(alpha=2.0, beta=1.0) or (1.0, 0.0)")
+        self.alpha = alpha
+        self.beta = beta
+        self.stabilizer = stabilizer
+
+    def relevance(self, layer, x, extra, relevance):
+        (wp, bp), (wn, bn) = _split_parameters(self, layer)
+        stab = self.modify_denominator
+        if _nonnegative(x):
+            s_pos = relevance / stab(layer.forward(x, wp, bp))
+            result = self.alpha * layer.transpose(s_pos, wp, x)
+            if self.beta:
+                s_neg = relevance / stab(layer.forward(x, wn, bn))
+                result = result - self.beta * layer.transpose(s_neg, wn, x)
+            return x * result
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        s_pos = relevance / stab(layer.forward(xp, wp, bp) + layer.forward(xn, wn))
+        s_neg = relevance / stab(layer.forward(xp, wn, bn) + layer.forward(xn, wp))
+        positive = xp * layer.transpose(s_pos, wp, x) + xn * layer.transpose(s_pos, wn, x)
+        negative = xp * layer.transpose(s_neg, wn, x) + xn * layer.transpose(s_neg, wp, x)
+        return self.alpha * positive - self.beta * negative
+
+
+class ZPlusRule(AlphaBetaRule):
+    """Only positive contributions: AlphaBetaRule(alpha=1, beta=0) (Zennit's ZPlus, negative inputs allowed)."""
+
+    def __init__(self, stabilizer: float = 1e-6):
+        super().__init__(alpha=1.0, beta=0.0, stabilizer=stabilizer)
+
+    def __repr__(self):
+        return f"ZPlusRule(stabilizer={self.stabilizer!r})"
+
+
+class ZBoxRule(LinearRule):
+    """For the first layer of inputs bounded in [low, high] (Montavon et al.'s z^B).
+
+    z_B = W x - W+ low - W- high (the bias cancels); R_in = x W^T s - low W+^T s - high W-^T s, s = R / stab(z_B).
+    ``low``/``high`` are numbers or tensors broadcastable to the input (e.g. per channel, shape (1, C, 1, 1)).
+    """
+
+    def __init__(self, low, high, stabilizer: float = 1e-6):
+        low_t, high_t = torch.as_tensor(low, dtype=torch.float64), torch.as_tensor(high, dtype=torch.float64)
+        try:
+            bad = bool((low_t >= high_t).any())
+        except RuntimeError as error:
+            raise ValueError(f"ZBoxRule: low and high must broadcast against each other: {error}") from None
+        if bad:
+            raise ValueError(f"ZBoxRule needs low < high everywhere, got low={low!r}, high={high!r}")
+        self.low = low
+        self.high = high
+        self.stabilizer = stabilizer
+
+    def _bound(self, bound, x: Tensor) -> Tensor:
+        bound = torch.as_tensor(bound).to(x)
+        if bound.dim() == x.dim() and bound.shape[0] > x.shape[0]:
+            bound = bound[: x.shape[0]]
+        return bound.expand_as(x)
+
+    def relevance(self, layer, x, extra, relevance):
+        weight, bias = layer.params
+        (wp, bp), (wn, bn) = _split_parameters(self, layer)
+        low, high = self._bound(self.low, x), self._bound(self.high, x)
+        z = layer.forward(x, weight, bias) - (layer.forward(low, wp, bp) + layer.forward(high, wn, bn))
+        s = relevance / self.modify_denominator(z)
+        return x * layer.transpose(s, weight, x) - (
+            low * layer.transpose(s, wp, x) + high * layer.transpose(s, wn, x))
+
+
+class WSquareRule(LinearRule):
+    """R_i = sum_j w_ji^2 R_j / stab(sum_k w_jk^2 + b_j^2): input-independent (Zennit squares the bias too)."""
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+
+    def modify_input(self, x):
+        return torch.ones_like(x)
+
+    def modify_parameters(self, param, name):
+        return param ** 2
+
+
+class FlatRule(LinearRule):
+    """R_i = sum_j [i feeds j] R_j / n_j: spread uniformly over each output's receptive field (bias dropped)."""
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+
+    def modify_input(self, x):
+        return torch.ones_like(x)
+
+    def modify_parameters(self, param, name):
+        return torch.ones_like(param) if name == "weight" else None
+
+
+__all__ = [
+    "AlphaBetaRule", "EpsilonRule", "FlatRule", "GammaRule", "LinearRule", "NormRule", "PassRule", "Rule",
+    "WSquareRule", "ZBoxRule", "ZPlusRule", "ZeroRule", "stabilize",
+]
