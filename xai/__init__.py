@@ -3,6 +3,7 @@ from xai.analyzer import Analyzer, analyze
 from xai.errors import UnsupportedModelError
 from xai.explanation import Explanation
 from xai.gradient import Gradient, InputTimesGradient
+from xai.heatmap import heatmap, heatmap_grid, overlay
 from xai.integrated_gradients import IntegratedGradients
 from xai.lrp import LRP
 from xai.smoothgrad import SmoothGrad
@@ -18,5 +19,8 @@ __all__ = [
     "SmoothGrad",
     "UnsupportedModelError",
     "analyze",
+    "heatmap",
+    "heatmap_grid",
+    "overlay",
     "strip_softmax",
 ]
