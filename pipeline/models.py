@@ -93,8 +93,8 @@ def _load_checkpoint(model: nn.Module, path: Optional[str], key: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling refused or unreadable file
         raise ValueError(
-            f"{key}={path} cannot be loaded with weights_only=True ({error}); save a plain state_dict: "
-            f"torch.save(model.state_dict(), path)"
+            f"{key}={path} cannot be loaded with weights_only=True (it is not a plain file of tensors: "
+            f"{str(error).strip().splitlines()[-1][:300]}); save a plain state_dict: torch.save(model.state_dict(), path)"
         ) from error
     for wrapper in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):

@@ -1,0 +1,210 @@
+"""End-to-end runs of the pipeline (in-process and as ``python -m pipeline.run``) on small inputs.
+
+The gradient run is checked against code nobody here wrote: Captum's Saliency for the attributions and
+Quantus's PixelFlipping for the MoRF curves (tolerance 1e-5 absolute on probabilities: both sides run the
+same float32 forwards, differing only in batch composition).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
+from PIL import Image
+from torch import nn
+
+from pipeline.bundled import digits_split, load_default_model
+from pipeline.config import CONF_DIR
+from pipeline.job import run_job
+from pipeline.models import load_model
+from pipeline.results import RunFolder
+
+REPO = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-5
+
+
+def make_cfg(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def quantus_morf_curve(model, x, attribution, target, features_in_step):
+    import quantus
+
+    metric = quantus.PixelFlipping(features_in_step=features_in_step, perturb_baseline=0.0, normalise=False,
+                                   return_auc_per_sample=False, disable_warnings=True, display_progressbar=False)
+    scores = metric(model=model, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=attribution.numpy(),
+                    channel_first=True, softmax=True, device="cpu", batch_size=len(x))
+    return np.asarray(scores, dtype=np.float32)
+
+
+def test_gradient_run_matches_captum_and_quantus_and_is_tracked(tmp_path):
+    from captum.attr import Saliency
+
+    db = tmp_path / "mlflow.db"
+    cfg = make_cfg(["method=gradient", "composite=none", "dataset.limit=12", "batch_size=5", "heatmaps=3",
+                    "evaluation.features_in_step=64", f"tracking.uri=sqlite:///{db}", "tracking.experiment=t"])
+    folder = run_job(cfg, tmp_path / "out")
+    assert folder.is_complete
+    arrays = folder.read_batches()
+    assert arrays["sample_id"].tolist() == list(range(12))  # three batches 5 + 5 + 2, in order
+
+    model = load_default_model()
+    x = digits_split("test")[0][:12]
+    predicted = model(x).argmax(1)
+    expected_attribution = Saliency(model).attribute(x, target=predicted, abs=False).detach()
+    np.testing.assert_allclose(arrays["heatmap_attribution"], expected_attribution[:3].numpy(), atol=1e-6, rtol=1e-4)
+    assert arrays["heatmap_ids"].tolist() == [0, 1, 2]
+    assert (arrays["target"] == predicted.numpy()).all()
+
+    expected_curve = quantus_morf_curve(model, x, expected_attribution, predicted, features_in_step=64)
+    assert arrays["curve_morf"].shape == (12, 1024 // 64 + 1)
+    np.testing.assert_allclose(arrays["curve_morf"][:, 1:], expected_curve, atol=TOLERANCE, rtol=0)
+    assert np.ptp(expected_curve, axis=1).min() > 0.05  # the curves move, so the equality means something
+
+    table = pd.read_csv(folder.results / "per_sample.csv")
+    metrics = json.loads((folder.results / "metrics.json").read_text())
+    np.testing.assert_allclose(table.srg, table.auc_lerf - table.auc_morf, atol=1e-6)
+    assert metrics["faithfulness/srg"] == pytest.approx(table.srg.mean(), abs=1e-6)
+    assert metrics["faithfulness/aopc_morf"] == pytest.approx(
+        (arrays["curve_morf"][:, :1] - arrays["curve_morf"]).mean(), abs=1e-6)  # Samek et al. 2017, eq. 12
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "gradient-none" and run.info.status == "FINISHED"
+    assert {k: run.data.tags[k] for k in ("method", "composite", "model", "dataset")} == {
+        "method": "gradient", "composite": "none", "model": "digits_cnn", "dataset": "digits"}
+    assert run.data.params["dataset.limit"] == "12" and run.data.params["evaluation.features_in_step"] == "64"
+    assert run.data.metrics["faithfulness/srg"] == pytest.approx(metrics["faithfulness/srg"])
+    history = client.get_metric_history(run.info.run_id, "curve/morf")
+    assert [m.step for m in history] == list(range(17))
+    np.testing.assert_allclose([m.value for m in history], arrays["curve_morf"].mean(0), atol=1e-6)
+
+
+def test_quickstart_command_runs_from_any_directory_with_the_default_tracking_uri(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "experiment=quick", "method=gradient", "dataset.limit=4"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (output,) = (tmp_path / "outputs" / "xai-pipeline" / "gradient-none").iterdir()
+    assert (output / "COMPLETE").exists() and (output / ".hydra" / "config.yaml").exists()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # sqlite:///mlflow.db in the cwd
+    (run,) = client.search_runs([client.get_experiment_by_name("xai-pipeline").experiment_id])
+    assert run.data.tags["run_key"] == json.loads((output / "manifest.json").read_text())["run_key"]
+
+
+def write_image_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    broken = root / "cat" / "9_broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+    return broken
+
+
+def resnet_checkpoint(path: Path, classes: int = 2) -> Path:
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    torch.save(resnet18(weights=None, num_classes=classes).state_dict(), path)
+    return path
+
+
+IMAGE_FOLDER = ["method=gradient", "model=torchvision", "model.arch=resnet18", "model.num_classes=2",
+                "dataset=image_folder", "evaluation.features_in_step=128", "tracking.publish=false", "heatmaps=2",
+                "dataset.transforms=[{_target_:torchvision.transforms.Resize,size:32},"
+                "{_target_:torchvision.transforms.ToTensor}]"]
+
+
+def test_image_folder_skips_an_unreadable_image_and_counts_it(tmp_path):
+    broken = write_image_folder(tmp_path / "images")
+    checkpoint = resnet_checkpoint(tmp_path / "resnet.pt")
+    cfg = make_cfg([*IMAGE_FOLDER, f"dataset.path={tmp_path / 'images'}", f"model.checkpoint={checkpoint}",
+                    "batch_size=3"])
+    folder = run_job(cfg, tmp_path / "out")
+    metrics = json.loads((folder.results / "metrics.json").read_text())
+    assert metrics["data/skipped_images"] == 1 and metrics["data/samples"] == 6
+    skipped = pd.read_csv(folder.results / "skipped.csv")
+    assert skipped.path.tolist() == [str(broken)]
+    table = pd.read_csv(folder.results / "per_sample.csv")
+    assert skipped.sample_id[0] not in table.sample_id.tolist() and len(table) == 6
+    assert set(table.label) == {0, 1}
+
+
+def test_image_folder_fails_on_an_unreadable_image_by_config(tmp_path):
+    broken = write_image_folder(tmp_path / "images")
+    checkpoint = resnet_checkpoint(tmp_path / "resnet.pt")
+    cfg = make_cfg([*IMAGE_FOLDER, f"dataset.path={tmp_path / 'images'}", f"model.checkpoint={checkpoint}",
+                    "dataset.on_corrupt=fail"])
+    with pytest.raises(RuntimeError, match=f"unreadable image {broken}.*dataset.on_corrupt=skip"):
+        run_job(cfg, tmp_path / "out")
+
+
+def test_torchvision_weights_name_loads_from_torch_cache_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cfg = make_cfg(["model=torchvision", "model.arch=resnet18", "model.weights=ResNet18_Weights.IMAGENET1K_V1"])
+    with pytest.raises(FileNotFoundError, match="not in torch's cache .*resnet18-f37072fd.pth.*never downloads"):
+        load_model(cfg.model, torch.device("cpu"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    resnet_checkpoint(cache / "resnet18-f37072fd.pth", classes=1000)
+    model = load_model(cfg.model, torch.device("cpu"))
+    expected = torch.load(cache / "resnet18-f37072fd.pth", weights_only=True)
+    assert torch.equal(model.fc.weight, expected["fc.weight"])
+    with pytest.raises(ValueError, match="model.arch=resnet1800 is not a torchvision model; available: .*resnet18"):
+        load_model(make_cfg(["model=torchvision", "model.arch=resnet1800"]).model, torch.device("cpu"))
+
+
+USER_MODULE = '''
+from torch import nn
+
+class TinyNet(nn.Sequential):
+    def __init__(self, classes=10, hidden=16):
+        super().__init__(nn.Flatten(), nn.Linear(32 * 32, hidden), nn.ReLU(), nn.Linear(hidden, classes), nn.Softmax(dim=1))
+'''
+
+
+def test_custom_module_by_target_with_checkpoint(tmp_path, monkeypatch):
+    (tmp_path / "user_nets.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from user_nets import TinyNet
+
+    torch.manual_seed(1)
+    net = TinyNet(hidden=8)
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "net.pt")
+    cfg = make_cfg(["model=custom", "model.module._target_=user_nets.TinyNet", "+model.module.hidden=8",
+                    f"model.checkpoint={tmp_path / 'net.pt'}", "method=input_x_gradient", "dataset.limit=4",
+                    "tracking.publish=false", "evaluation.features_in_step=256"])
+    model = load_model(cfg.model, torch.device("cpu"))
+    assert isinstance(model[-1], nn.Identity)  # the softmax is stripped: explanations are taken on logits
+    assert torch.equal(model[1].weight, net[1].weight)
+    folder = run_job(cfg, tmp_path / "out")
+    x = digits_split("test")[0][:4].requires_grad_()
+    logits = nn.Sequential(*list(net)[:-1])(x)
+    expected = x * torch.autograd.grad(logits.max(1).values.sum(), x)[0]
+    np.testing.assert_allclose(folder.read_batches()["heatmap_attribution"], expected.detach().numpy(), atol=1e-6)
+
+    torch.save({"net": TinyNet()}, tmp_path / "pickled.pt")  # a pickled module is refused, with the fix named
+    bad = make_cfg(["model=custom", "model.module._target_=user_nets.TinyNet", f"model.checkpoint={tmp_path / 'pickled.pt'}"])
+    with pytest.raises(ValueError, match="weights_only=True .*torch.save\\(model.state_dict\\(\\), path\\)"):
+        load_model(bad.model, torch.device("cpu"))
+
+
+def test_folder_of_another_config_is_refused(tmp_path):
+    run_job(make_cfg(["method=gradient", "dataset.limit=2", "tracking.publish=false"]), tmp_path / "out")
+    with pytest.raises(ValueError, match="holds results of a different run"):
+        run_job(make_cfg(["method=gradient", "dataset.limit=3", "tracking.publish=false"]), tmp_path / "out")
+    assert RunFolder(tmp_path / "out").is_complete
