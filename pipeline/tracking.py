@@ -18,6 +18,7 @@ from PIL import Image
 
 from pipeline.report import heatmap_key
 from pipeline.results import RunFolder, read_json, write_json
+from pipeline.sweep import parent_run_of
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_KEY_TAG = "run_key"
@@ -53,15 +54,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     """Nested config -> ``{"dataset.limit": "64", "dataset.transforms.0._target_": ...}`` (MLflow does not flatten)."""
-    if isinstance(tree, dict):
-        items = tree.items()
-    elif isinstance(tree, list):
-        items = enumerate(tree)
-    else:
+    if not (isinstance(tree, (dict, list)) and tree):
         return {prefix: str(tree)}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
     flat: dict[str, str] = {}
     for key, value in items:
-        flat |= flatten(value, f"{prefix}{key}." if isinstance(value, (dict, list)) and value else f"{prefix}{key}")
+        flat |= flatten(value, f"{prefix}.{key}" if prefix else str(key))
     return flat
 
 
@@ -74,9 +72,13 @@ def publish(folder: RunFolder, uri: str, experiment: str, extra_tags: Optional[d
     from mlflow.entities import RunStatus
 
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = _experiment_id(client, experiment)
+    experiment_id = get_or_create_experiment(client, experiment)
     manifest = folder.manifest
-    found = client.search_runs([experiment_id], f"tags.{RUN_KEY_TAG} = '{manifest['run_key']}'")
+    parent = parent_run_of(folder, uri, experiment)
+    query = f"tags.{RUN_KEY_TAG} = '{manifest['run_key']}'"
+    if parent:  # a sweep's child: the same folder reused by another sweep is another run, under that sweep
+        query += f" and tags.mlflow.parentRunId = '{parent}'"
+    found = client.search_runs([experiment_id], query)
     for run in found:
         if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
             _record(folder, uri, experiment, run.info.run_id)
@@ -93,6 +95,7 @@ def publish(folder: RunFolder, uri: str, experiment: str, extra_tags: Optional[d
         "mlflow.source.git.commit": manifest["git_commit"],
         "config_hash": manifest["config_hash"],
         "output_dir": str(folder.path.resolve()),
+        **({"mlflow.parentRunId": parent} if parent else {}),
         **(extra_tags or {}),
     }
     run = client.create_run(experiment_id, run_name=manifest["run_name"], tags=tags)
@@ -102,7 +105,7 @@ def publish(folder: RunFolder, uri: str, experiment: str, extra_tags: Optional[d
     return run.info.run_id
 
 
-def _experiment_id(client, name: str) -> str:
+def get_or_create_experiment(client, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)

@@ -1,0 +1,128 @@
+"""The pipeline against a real ``mlflow server`` process (SQLite backend, proxied artifacts), checked over HTTP."""
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
+
+from pipeline.config import CONF_DIR
+from pipeline.job import run_job
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+RUN = ["dataset.limit=10", "batch_size=4", "heatmaps=3", "evaluation.features_in_step=64", "tracking.experiment=srv"]
+
+
+def make_cfg(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    process = subprocess.Popen(
+        [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--serve-artifacts",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"), start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield uri
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def runs_of(client: MlflowClient, experiment: str):
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def test_run_is_logged_completely_to_the_server(server, tmp_path):
+    folder = run_job(make_cfg([*RUN, "method=lrp", "composite=epsilon_gamma_box", f"tracking.uri={server}",
+                               "+tracking.tags.trigger=test"]), tmp_path / "out")
+    client = MlflowClient(tracking_uri=server)
+    (run,) = runs_of(client, "srv")
+    run_id = run.info.run_id
+    assert run.info.run_name == "lrp-epsilon_gamma_box" and run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert {k: tags[k] for k in ("method", "composite", "model", "dataset", "trigger")} == {
+        "method": "lrp", "composite": "epsilon_gamma_box", "model": "digits_cnn", "dataset": "digits",
+        "trigger": "test"}
+    assert len(tags["git_commit"]) == 40 and tags["mlflow.source.git.commit"] == tags["git_commit"]
+    params = run.data.params
+    assert params["method.name"] == "lrp" and params["composite.low"] == "0.0" and params["composite.high"] == "1.0"
+    assert params["dataset.limit"] == "10" and params["dataset.transforms"] == "[]" and params["device"] == "auto"
+
+    expected = json.loads((folder.results / "metrics.json").read_text())
+    for key in ("faithfulness/srg", "faithfulness/auc_morf", "faithfulness/auc_lerf", "faithfulness/aopc_morf",
+                "runtime/explain_seconds", "runtime/evaluate_seconds", "data/skipped_images"):
+        assert run.data.metrics[key] == pytest.approx(expected[key], rel=1e-6)
+    curves = json.loads((folder.results / "curves.json").read_text())
+    for order in ("morf", "lerf"):
+        history = client.get_metric_history(run_id, f"curve/{order}")
+        assert [m.step for m in history] == list(range(17))
+        np.testing.assert_allclose([m.value for m in history], curves[order], rtol=1e-6)
+
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    for sample in ("00000", "00001", "00002"):
+        assert any(p.startswith(f"images/heatmap~sample_{sample}+step+0+") and p.endswith(".png") for p in images)
+    assert not any("sample_00003" in p for p in images)
+    assert tags["mlflow.loggedImages"]
+
+    table = json.loads(Path(client.download_artifacts(run_id, "per_sample.json", str(tmp_path))).read_text())
+    assert table["columns"][:2] == ["sample_id", "label"] and len(table["data"]) == 10
+    artifacts = {a.path for folder_ in ("results", "figures", "config") for a in client.list_artifacts(run_id, folder_)}
+    assert {"figures/gallery.png", "figures/curves.png", "results/per_sample.csv", "config/config.yaml"} <= artifacts
+    (dataset_input,) = client.get_run(run_id).inputs.dataset_inputs
+    assert dataset_input.dataset.name == "digits" and dataset_input.dataset.source_type == "local"
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "evaluation"
+
+
+def test_server_down_then_publish_gives_one_complete_run(server, tmp_path, caplog):
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with caplog.at_level(logging.WARNING, logger="pipeline.job"):
+        folder = run_job(make_cfg([*RUN, "method=gradient", f"tracking.uri={down}", "tracking.experiment=later"]),
+                         tmp_path / "out")
+    assert folder.is_complete and not folder.published_file.exists()
+    command = f"python -m pipeline.publish {folder.path} --tracking-uri {down} --experiment later"
+    assert "unreachable" in caplog.text and command in caplog.text
+
+    publish = [sys.executable, "-m", "pipeline.publish", str(folder.path), "--tracking-uri", server]
+    for attempt in range(2):  # publishing again finds the first run
+        done = subprocess.run(publish, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        client = MlflowClient(tracking_uri=server)
+        (run,) = runs_of(client, "later")
+        assert run.info.status == "FINISHED" and f"run {run.info.run_id}" in done.stdout
+    assert run.data.metrics["faithfulness/srg"] == pytest.approx(
+        json.loads((folder.results / "metrics.json").read_text())["faithfulness/srg"], rel=1e-6)
+    assert len(client.get_metric_history(run.info.run_id, "curve/morf")) == 17
+    assert len(client.list_artifacts(run.info.run_id, "images")) == 6  # 3 heatmaps, each png + webp thumbnail
