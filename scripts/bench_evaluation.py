@@ -1,0 +1,110 @@
+"""Time our PixelFlipping against the bare forward passes it needs, and Quantus's PixelFlipping against ours.
+
+Side by side in one run on CPU, for the bundled digits CNN (16 digits, 1x32x32) and a random-weight ResNet18
+(8 images, 3x224x224), both with ``unit="channel"`` (Quantus's semantics) and a numeric baseline:
+
+- bare: the same forward calls on the same perturbed inputs, prebuilt before the clock starts, same batch size,
+  under ``torch.inference_mode`` (the floor no implementation can beat);
+- ours: ``PixelFlipping(...)(model, x, attribution, target)``, everything included (checks, ranking, building
+  the perturbed inputs, softmax, gathering the scores);
+- quantus: ``quantus.PixelFlipping(...)`` on the same numpy arrays, one run (it is the slow one).
+
+Repeats alternate bare and ours; the table shows the minimum wall time of each (the least disturbed by other
+processes on a shared machine) and the ratios ours / bare (floor: <= 1.05) and quantus / ours.
+
+    python scripts/bench_evaluation.py [--repeats 3] [--batch-size 64] [--skip-quantus]
+"""
+import argparse
+import time
+import warnings
+
+import numpy as np
+import quantus
+import torch
+from torchvision.models import resnet18
+
+from evaluation import PixelFlipping
+from evaluation.ordering import flip_step, step_of_rank
+from pipeline.bundled import digits_split, load_default_model
+
+
+def cases(only: str | None):
+    if only != "resnet":
+        images, labels = digits_split("test")
+        yield "digits CNN", load_default_model(), images[:16], labels[:16], 32  # 1024 / 32 = 32 steps
+    if only != "digits":
+        torch.manual_seed(0)
+        resnet = resnet18(weights=None).eval()
+        rgb = torch.rand(8, 3, 224, 224)
+        with torch.no_grad():
+            target = resnet(rgb).argmax(1)
+        yield "ResNet18", resnet, rgb, target, 6272  # 3 * 50176 / 6272 = 24 steps; 6272 divides H*W as Quantus needs
+
+
+def prebuilt_chunks(x, attribution, features_in_step, baseline, batch_size):
+    """Exactly the inputs of our forward calls: the unperturbed batch, then (sample, step) rows in chunks."""
+    n = x.shape[0]
+    step_of = step_of_rank(x[0].numel(), features_in_step, None, "channel values")
+    flips = flip_step(attribution.reshape(n, -1), "morf", step_of).view(x.shape)
+    steps = int(step_of[-1])
+    perturbed = torch.stack([torch.where(flips <= s, torch.full_like(x, baseline), x) for s in range(1, steps + 1)], 1)
+    perturbed = perturbed.reshape(n * steps, *x.shape[1:])
+    return [x[i : i + batch_size] for i in range(0, n, batch_size)] + list(perturbed.split(batch_size)), steps
+
+
+def time_bare(model, chunks):
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for chunk in chunks:
+            model(chunk)
+    return time.perf_counter() - start
+
+
+def time_call(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--skip-quantus", action="store_true")
+    parser.add_argument("--only", choices=["digits", "resnet"], help="run one of the two models")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    baseline = 0.0
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, quantus {quantus.__version__}, "
+          f"batch_size {args.batch_size}, best of {args.repeats}")
+    header = f"{'model':<11} {'input':<14} {'steps':>5} {'forwards':>8} {'bare s':>8} {'ours s':>8} " \
+             f"{'quantus s':>9} {'ours/bare':>9} {'quantus/ours':>12}"
+    print(header)
+    for name, model, x, target, k in cases(args.only):
+        attribution = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+        metric = PixelFlipping(features_in_step=k, baseline=baseline, unit="channel", batch_size=args.batch_size,
+                               progress=False)
+        chunks, steps = prebuilt_chunks(x, attribution, k, baseline, args.batch_size)
+        ours_result = metric(model, x, attribution, target)  # warm-up, and the check below
+        with torch.inference_mode():
+            bare_last = torch.softmax(model(chunks[-1]), 1)[:, target[-1]][-1]
+        assert torch.allclose(bare_last, ours_result.curve[-1, -1], atol=1e-5), "bare inputs differ from ours"
+        bare, ours = [], []
+        for _ in range(args.repeats):
+            bare.append(time_bare(model, chunks))
+            ours.append(time_call(lambda: metric(model, x, attribution, target)))
+        bare_s, ours_s = min(bare), min(ours)
+        quantus_s = float("nan")
+        if not args.skip_quantus:
+            pf = quantus.PixelFlipping(features_in_step=k, perturb_baseline=baseline, disable_warnings=True,
+                                       display_progressbar=False)
+            quantus_s = time_call(lambda: pf(model=model, x_batch=x.numpy(), y_batch=target.numpy(),
+                                             a_batch=attribution.numpy(), channel_first=True, device="cpu",
+                                             batch_size=args.batch_size))
+        shape = "x".join(map(str, x.shape))
+        print(f"{name:<11} {shape:<14} {steps:>5} {len(chunks):>8} {bare_s:>8.3f} {ours_s:>8.3f} "
+              f"{quantus_s:>9.3f} {ours_s / bare_s:>9.3f} {quantus_s / ours_s:>12.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
