@@ -17,6 +17,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 #: Config sections that say where results go, not what they are: left out of the run's identity.
 NOT_IN_IDENTITY = ("hydra", "tracking")
+#: Dataset keys that say which part of the work a job does: all shards (and their merge) share one identity.
+SHARDING_KEYS = ("num_shards", "shard")
 
 
 class DatasetKind(Enum):
@@ -179,6 +181,8 @@ def config_hash(cfg: DictConfig) -> str:
         if isinstance(value, (DictConfig, ListConfig)):
             value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
         identity[key] = value.name if isinstance(value, Enum) else value
+    if isinstance(identity.get("dataset"), dict):
+        identity["dataset"] = {k: v for k, v in identity["dataset"].items() if k not in SHARDING_KEYS}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -193,7 +197,14 @@ def run_name(method: str, composite: str) -> str:
     return f"{method}-{composite if uses_composite(method) else 'none'}"
 
 
-for _name, _resolver in (("config_hash", _config_hash_resolver), ("run_name", run_name)):
+def shard_subdir(shard: int, num_shards: int) -> str:
+    """``/shard-<i>-of-<K>`` below the config's folder for a shard job, nothing for an unsharded run."""
+    return f"/shard-{shard}-of-{num_shards}" if int(num_shards) > 1 else ""
+
+
+for _name, _resolver in (
+    ("config_hash", _config_hash_resolver), ("run_name", run_name), ("shard_subdir", shard_subdir)
+):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
 

@@ -116,17 +116,31 @@ def dataset_source(cfg: DictConfig) -> str:
     return str(Path(cfg.path).expanduser().resolve())
 
 
-def select_samples(total: int, limit: Optional[int] = None, num_shards: int = 1, shard: int = 0) -> list[int]:
+def select_samples(
+    total: int, limit: Optional[int] = None, num_shards: int = 1, shard: int = 0, batch_size: int = 1
+) -> list[int]:
     """The dataset indices a run covers: the first ``limit`` samples, then the ``shard``-th of ``num_shards``.
 
-    Shards are disjoint, deterministic and cover the selection (``ids[shard::num_shards]``).
+    Shards are made of whole batches of the unsharded batch plan (batches ``shard``, ``shard + num_shards``,
+    ...), so they are disjoint, deterministic, cover the selection exactly once, and every batch holds the
+    same samples (and gets the same seed, see ``plan_index``) as in the unsharded run.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"dataset.limit={limit} must be >= 1 (or null for all {total} samples)")
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(f"dataset.shard={shard} must be in 0..{num_shards - 1} (dataset.num_shards={num_shards})")
-    ids = list(range(min(total, limit) if limit is not None else total))
-    return ids[shard::num_shards]
+    batches = batch_plan(list(range(min(total, limit) if limit is not None else total)), batch_size)
+    if num_shards > max(len(batches), 1):
+        raise ValueError(
+            f"dataset.num_shards={num_shards} is more than the {len(batches)} batches of batch_size={batch_size}: "
+            f"shards are made of whole batches, so use at most dataset.num_shards={len(batches)} or a smaller batch_size"
+        )
+    return [i for batch in batches[shard::num_shards] for i in batch]
+
+
+def plan_index(local_index: int, num_shards: int = 1, shard: int = 0) -> int:
+    """The index in the unsharded batch plan of a shard's ``local_index``-th batch (see ``select_samples``)."""
+    return shard + local_index * num_shards
 
 
 def batch_plan(ids: list[int], batch_size: int) -> list[list[int]]:

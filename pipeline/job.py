@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import TargetChoice, config_hash, run_name, validate
-from pipeline.data import batch_plan, dataset_source, iterate_batches, load_dataset, select_samples
+from pipeline.data import batch_plan, dataset_source, iterate_batches, load_dataset, plan_index, select_samples
 from pipeline.evaluate import METRICS, Faithfulness
 from pipeline.explain import build_analyzer, effective_composite
 from pipeline.models import load_model, resolve_device
@@ -65,7 +65,8 @@ def explain_and_score(
             log.warning("skipped unreadable image %s (sample %d): %s", path.path, sample_id, path.reason)
         arrays = _skipped_arrays(batch)
         if len(batch.ids):
-            arrays |= _explain_and_score_batch(model, batch, cfg, faithfulness, seed=cfg.seed + index, device=device)
+            seed = cfg.seed + plan_index(index, cfg.dataset.num_shards, cfg.dataset.shard)  # shard-independent
+            arrays |= _explain_and_score_batch(model, batch, cfg, faithfulness, seed=seed, device=device)
         keep = np.isin(batch.ids.numpy(), sorted(heatmap_ids))
         arrays["heatmap_ids"] = batch.ids.numpy()[keep]
         arrays["heatmap_attribution"] = arrays.pop("attribution")[keep]
@@ -112,7 +113,6 @@ def _skipped_arrays(batch) -> dict[str, np.ndarray]:
 
 def manifest_for(cfg: DictConfig, ids: list[int], batches: list[list[int]], heatmap_ids: list[int]) -> dict[str, Any]:
     """What the folder holds: the samples, their batches, and the labels the run is tagged with."""
-    digest = hashlib.sha256(json.dumps([cfg.dataset.name, cfg.dataset.path, cfg.dataset.split, ids]).encode())
     return {
         "config_hash": config_hash(cfg),
         "run_name": run_name(cfg.method.name, cfg.composite.name),
@@ -123,13 +123,18 @@ def manifest_for(cfg: DictConfig, ids: list[int], batches: list[list[int]], heat
             "name": cfg.dataset.name,
             "split": cfg.dataset.split,
             "source": dataset_source(cfg.dataset),
-            "digest": digest.hexdigest()[:32],
+            "digest": dataset_digest(cfg.dataset, ids),
         },
         "sample_ids": ids,
         "batches": batches,
         "heatmap_ids": heatmap_ids,
         "git_commit": git_commit(),
     }
+
+
+def dataset_digest(dataset: DictConfig, ids: list[int]) -> str:
+    """Names the exact samples a run covers (the same for a merged sharded run and the unsharded one)."""
+    return hashlib.sha256(json.dumps([dataset.name, dataset.path, dataset.split, ids]).encode()).hexdigest()[:32]
 
 
 def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
@@ -140,12 +145,13 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
     torch.manual_seed(cfg.seed)
 
     data = load_dataset(cfg.dataset)
-    ids = select_samples(len(data), cfg.dataset.limit, cfg.dataset.num_shards, cfg.dataset.shard)
+    ids = select_samples(len(data), cfg.dataset.limit, cfg.dataset.num_shards, cfg.dataset.shard, cfg.batch_size)
     first = select_samples(len(data), cfg.dataset.limit)[: cfg.heatmaps]  # the same heatmap samples in every shard
     heatmap_ids = [i for i in first if i in set(ids)]
     batches = batch_plan(ids, cfg.batch_size)
     config_yaml = OmegaConf.to_yaml({k: cfg[k] for k in cfg if k != "hydra"}, resolve=True)
-    manifest = folder.start(manifest_for(cfg, ids, batches, heatmap_ids), config_yaml)
+    classes = {"classes": list(getattr(data, "classes", None) or [])}  # for the titles of a later shard merge
+    manifest = folder.start(manifest_for(cfg, ids, batches, heatmap_ids) | classes, config_yaml)
     if manifest["git_commit"] != git_commit():
         log.warning("resuming results computed at commit %s with commit %s", manifest["git_commit"], git_commit())
 
@@ -164,7 +170,10 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
         log.info("wall time %.1f s; %s", perf_counter() - start, _headline(metrics))
         folder.mark_complete()
 
-    if cfg.tracking.publish:
+    if cfg.dataset.num_shards > 1:  # a part: `python -m pipeline.merge` publishes the whole when all parts are done
+        log.info("shard %d of %d done; merge the shards with: python -m pipeline.merge %s",
+                 cfg.dataset.shard, cfg.dataset.num_shards, folder.path.parent)
+    elif cfg.tracking.publish:
         publish_or_explain(folder, resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, dict(cfg.tracking.tags))
     return folder
 
