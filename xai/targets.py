@@ -30,7 +30,8 @@ def resolve_target(target: Target, output: Tensor) -> Tensor:
     bad = (resolved < 0) | (resolved >= classes)
     if bad.any():
         raise ValueError(
-            f"target {resolved[bad].tolist()} out of range: the model has {classes} classes (0..{classes - 1})"
+            f"target {sorted(set(resolved[bad].tolist()))} out of range: "
+            f"the model has {classes} classes (0..{classes - 1})"
         )
     return resolved
 
