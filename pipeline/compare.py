@@ -1,0 +1,144 @@
+"""``python -m pipeline.compare --experiment X``: rank runs by SRG, print the table, optionally log it with a plot.
+
+Runs are read with ``mlflow.search_runs``; only runs with a ``faithfulness/srg`` metric take part (sweep
+parents and comparison runs have none). With ``--log`` the ranking (JSON table and CSV) and a figure of
+the compared runs' mean MoRF/LeRF curves go into the sweep's parent run (``--parent``) or into a new
+run named ``comparison``.
+"""
+import argparse
+import sys
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from pipeline.tracking import resolve_tracking_uri
+
+#: Table column -> ``mlflow.search_runs`` column.
+COLUMNS = {
+    "run": "tags.mlflow.runName",
+    "method": "tags.method",
+    "composite": "tags.composite",
+    "srg": "metrics.faithfulness/srg",
+    "auc_morf": "metrics.faithfulness/auc_morf",
+    "auc_lerf": "metrics.faithfulness/auc_lerf",
+    "aopc_morf": "metrics.faithfulness/aopc_morf",
+    "samples": "metrics.data/samples",
+    "run_id": "run_id",
+}
+COMPARISON_TAG = "comparison"
+ARTIFACT_DIR = "comparison"
+
+
+def find_runs(uri: str, experiment: str, parent: Optional[str] = None, filter_string: str = "") -> pd.DataFrame:
+    """Finished runs of ``experiment`` (children of ``parent`` when given) that have an SRG, best first."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
+        raise ValueError(f"no experiment named {experiment!r} at {uri}: check --experiment and --tracking-uri")
+    clauses = ["attributes.status = 'FINISHED'"]
+    if parent:
+        clauses.append(f"tags.mlflow.parentRunId = '{parent}'")
+    if filter_string:
+        clauses.append(filter_string)
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=" and ".join(clauses))
+    if runs.empty or COLUMNS["srg"] not in runs:
+        return pd.DataFrame(columns=list(COLUMNS))
+    runs = runs[runs[COLUMNS["srg"]].notna()]
+    table = pd.DataFrame({name: runs.get(column, pd.Series(np.nan, index=runs.index)) for name, column in COLUMNS.items()})
+    return table.sort_values("srg", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The ranking as aligned text, rank 1 = highest SRG."""
+    shown = table.drop(columns=["run_id"]).copy()
+    shown.index = pd.RangeIndex(1, len(shown) + 1, name="rank")
+    shown["samples"] = shown["samples"].astype("Int64")
+    return shown.to_string(float_format=lambda v: f"{v:.4f}")
+
+
+def curves(client, run_id: str) -> dict[str, np.ndarray]:
+    """The run's mean MoRF and LeRF curves (step metrics ``curve/morf``, ``curve/lerf``), in step order."""
+    out = {}
+    for order in ("morf", "lerf"):
+        history = sorted(client.get_metric_history(run_id, f"curve/{order}"), key=lambda m: m.step)
+        out[order] = np.array([m.value for m in history])
+    return out
+
+
+def curve_figure(client, table: pd.DataFrame):
+    """MoRF and LeRF curves of each compared run side by side (x = fraction of pixels flipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for row in table.itertuples():
+        run_curves = curves(client, row.run_id)
+        for ax, order in zip(axes, ("morf", "lerf")):
+            curve = run_curves[order]
+            if len(curve):
+                ax.plot(np.linspace(0, 1, len(curve)), curve, label=f"{row.run} (SRG {row.srg:.3f})")
+    for ax, title in zip(axes, ("MoRF: most relevant first (lower is better)", "LeRF: least relevant first (higher is better)")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("fraction of pixels flipped")
+    axes[0].set_ylabel("mean score of the explained class")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def log_comparison(client, run_id: str, table: pd.DataFrame) -> None:
+    """Log the ranking (table + CSV + text) and the curve figure into ``run_id``."""
+    import matplotlib.pyplot as plt
+
+    client.log_table(run_id, table.assign(rank=range(1, len(table) + 1)), f"{ARTIFACT_DIR}/ranking.json")
+    client.log_text(run_id, table.to_csv(index=False), f"{ARTIFACT_DIR}/ranking.csv")
+    client.log_text(run_id, format_table(table), f"{ARTIFACT_DIR}/ranking.txt")
+    fig = curve_figure(client, table)
+    client.log_figure(run_id, fig, f"{ARTIFACT_DIR}/curves.png")
+    plt.close(fig)
+    best = table.iloc[0]
+    client.set_tag(run_id, "best_run", f"{best['run']} ({best['run_id']})")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="xai-pipeline", help="experiment name (default: xai-pipeline)")
+    parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    parser.add_argument("--parent", help="only the children of this sweep parent run (and log into it with --log)")
+    parser.add_argument("--filter", default="", help="extra search_runs filter, e.g. \"tags.model = 'digits_cnn'\"")
+    parser.add_argument("--log", action="store_true", help="log the table and curve plot into MLflow")
+    args = parser.parse_args(argv)
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    try:
+        table = find_runs(uri, args.experiment, args.parent, args.filter)
+    except ValueError as error:
+        parser.error(str(error))
+    if table.empty:
+        print(f"no finished runs with faithfulness/srg in experiment {args.experiment!r} match", file=sys.stderr)
+        return 1
+    print(format_table(table))
+    if args.log:
+        from mlflow import MlflowClient
+
+        from pipeline.tracking import get_or_create_experiment
+
+        client = MlflowClient(tracking_uri=uri)
+        run_id = args.parent
+        if run_id is None:
+            experiment_id = get_or_create_experiment(client, args.experiment)
+            run_id = client.create_run(experiment_id, run_name="comparison", tags={COMPARISON_TAG: "true"}).info.run_id
+        log_comparison(client, run_id, table)
+        if args.parent is None:
+            client.set_terminated(run_id, "FINISHED")
+        print(f"logged the comparison into run {run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
