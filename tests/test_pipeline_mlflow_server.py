@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from pipeline.config import CONF_DIR
 from pipeline.job import run_job
+from pipeline.publish import main as publish_main
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 RUN = ["dataset.limit=10", "batch_size=4", "heatmaps=3", "evaluation.features_in_step=64", "tracking.experiment=srv"]
@@ -58,7 +59,11 @@ def server(tmp_path_factory):
         time.sleep(0.5)
     yield uri
     os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def runs_of(client: MlflowClient, experiment: str):
@@ -115,13 +120,14 @@ def test_server_down_then_publish_gives_one_complete_run(server, tmp_path, caplo
     command = f"python -m pipeline.publish {folder.path} --tracking-uri {down} --experiment later"
     assert "unreachable" in caplog.text and command in caplog.text
 
-    publish = [sys.executable, "-m", "pipeline.publish", str(folder.path), "--tracking-uri", server]
-    for attempt in range(2):  # publishing again finds the first run
-        done = subprocess.run(publish, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        client = MlflowClient(tracking_uri=server)
-        (run,) = runs_of(client, "later")
-        assert run.info.status == "FINISHED" and f"run {run.info.run_id}" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "pipeline.publish", str(folder.path), "--tracking-uri", server],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(tracking_uri=server)
+    (run,) = runs_of(client, "later")
+    assert run.info.status == "FINISHED" and f"run {run.info.run_id}" in done.stdout
+    assert publish_main([str(folder.path), "--tracking-uri", server]) == 0  # again: finds that run
+    assert [r.info.run_id for r in runs_of(client, "later")] == [run.info.run_id]
     assert run.data.metrics["faithfulness/srg"] == pytest.approx(
         json.loads((folder.results / "metrics.json").read_text())["faithfulness/srg"], rel=1e-6)
     assert len(client.get_metric_history(run.info.run_id, "curve/morf")) == 17
