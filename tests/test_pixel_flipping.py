@@ -190,10 +190,10 @@ def digits_case(digits_model, digits_batch):
 def test_batch_size_does_not_change_results(digits_case, baseline):
     model, x, attribution, labels = digits_case
     results = [
-        SymmetricRelevanceGain(PixelFlipping(features_in_step=128, baseline=baseline, batch_size=b, progress=False))(
+        SymmetricRelevanceGain(PixelFlipping(features_in_step=256, baseline=baseline, batch_size=b, progress=False))(
             model, x, attribution, labels
         )
-        for b in (1, 7, 1000)
+        for b in (5, 1000)  # 5 splits chunks across samples and across the MoRF/LeRF boundary
     ]
     for other in results[1:]:
         torch.testing.assert_close(other.morf.curve, results[0].morf.curve, atol=ATOL, rtol=0)

@@ -34,7 +34,7 @@ def case(request, digits_model, digits_batch, resnet18_model, resnet_input):
         return digits_model, x, labels, 64
     with torch.no_grad():
         top = resnet18_model(resnet_input).argmax(1)
-    return resnet18_model, resnet_input, top, 256
+    return resnet18_model, resnet_input, top, 1024
 
 
 @pytest.mark.parametrize("softmax", [True, False], ids=["softmax", "logit"])
