@@ -1,0 +1,79 @@
+"""``pipeline.compare`` on runs logged by the test with MLflow's client (values chosen by the test)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from PIL import Image
+
+from pipeline.compare import curves, find_runs, main
+
+EXPERIMENT = "cmp"
+
+
+@pytest.fixture
+def tracking(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    return uri, client, client.create_experiment(EXPERIMENT)
+
+
+def log_run(client, eid, method, composite, srg, morf, lerf, parent=None):
+    tags = {"method": method, "composite": composite, **({"mlflow.parentRunId": parent} if parent else {})}
+    run_id = client.create_run(eid, run_name=f"{method}-{composite}", tags=tags).info.run_id
+    metrics = {"faithfulness/srg": srg, "faithfulness/auc_morf": 0.5 - srg / 2, "faithfulness/auc_lerf": 0.5 + srg / 2,
+               "faithfulness/aopc_morf": srg / 3, "data/samples": 8.0}
+    batch = [Metric(k, v, 0, 0) for k, v in metrics.items()]
+    # curve points logged in reverse step order: the comparison must put them back in step order
+    batch += [Metric("curve/morf", v, 0, s) for s, v in reversed(list(enumerate(morf)))]
+    batch += [Metric("curve/lerf", v, 0, s) for s, v in reversed(list(enumerate(lerf)))]
+    client.log_batch(run_id, metrics=batch)
+    client.set_terminated(run_id)
+    return run_id
+
+
+def test_ranks_by_srg_prints_and_logs_table_and_curves(tracking, tmp_path, capsys):
+    uri, client, eid = tracking
+    parent = client.create_run(eid, run_name="sweep", tags={"sweep": "true"}).info.run_id
+    low = log_run(client, eid, "gradient", "none", 0.10, [1.0, 0.6, 0.2], [1.0, 0.9, 0.8], parent)
+    high = log_run(client, eid, "lrp", "epsilon_plus", 0.35, [1.0, 0.3, 0.1], [1.0, 0.95, 0.9], parent)
+    log_run(client, eid, "smoothgrad", "none", 0.90, [1.0, 0.1, 0.0], [1.0, 1.0, 1.0])  # outside the sweep
+
+    table = find_runs(uri, EXPERIMENT, parent=parent)
+    assert table["run_id"].tolist() == [high, low]
+    assert table.loc[0, "composite"] == "epsilon_plus" and table.loc[0, "samples"] == 8
+    assert table.loc[1, "auc_morf"] == pytest.approx(0.45)
+    np.testing.assert_allclose(curves(client, high)["morf"], [1.0, 0.3, 0.1])
+
+    assert main(["--tracking-uri", uri, "--experiment", EXPERIMENT, "--parent", parent, "--log"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "srg" in lines[0] and "aopc_morf" in lines[0]
+    assert "lrp-epsilon_plus" in lines[2] and "gradient-none" in lines[3]  # header, "rank", then best first
+
+    logged = Path(client.download_artifacts(parent, "comparison", str(tmp_path)))
+    ranking = json.loads((logged / "ranking.json").read_text())
+    assert [row[ranking["columns"].index("run_id")] for row in ranking["data"]] == [high, low]
+    with Image.open(logged / "curves.png") as plot:
+        assert plot.size[0] > 500
+    assert client.get_run(parent).data.tags["best_run"] == f"lrp-epsilon_plus ({high})"
+
+
+def test_without_parent_compares_all_and_logs_a_comparison_run(tracking, capsys):
+    uri, client, eid = tracking
+    a = log_run(client, eid, "gradient", "none", 0.1, [1.0, 0.5], [1.0, 0.9])
+    b = log_run(client, eid, "smoothgrad", "none", 0.2, [1.0, 0.4], [1.0, 0.95])
+    assert main(["--tracking-uri", uri, "--experiment", EXPERIMENT, "--log", "--filter", "tags.method != 'x'"]) == 0
+    comparison = client.search_runs([eid], "tags.comparison = 'true'")
+    assert len(comparison) == 1 and comparison[0].info.status == "FINISHED"
+    assert find_runs(uri, EXPERIMENT)["run_id"].tolist() == [b, a]  # the comparison run has no SRG: not ranked
+
+
+def test_unknown_experiment_and_no_runs_are_clear(tracking, capsys):
+    uri, _, _ = tracking
+    with pytest.raises(SystemExit):
+        main(["--tracking-uri", uri, "--experiment", "nope"])
+    assert "no experiment named 'nope'" in capsys.readouterr().err
+    assert main(["--tracking-uri", uri, "--experiment", EXPERIMENT]) == 1
+    assert "no finished runs" in capsys.readouterr().err
