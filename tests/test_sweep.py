@@ -1,0 +1,84 @@
+"""Multiruns: one MLflow parent run per sweep (created before the jobs), one child run per job.
+
+Each test runs ``python -m pipeline.run -m ...`` as a subprocess in its own folder and SQLite file, on 8
+digits with the gradient methods (cheap), and reads the result back with MLflow's own client.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from pipeline.publish import main as publish_main
+from pipeline.results import RunFolder, read_json
+from pipeline.sweep import PARENT_FILE, SWEEP_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "sweep-test"
+
+
+def run_sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [
+        sys.executable, "-m", "pipeline.run", "-m", "explainer=gradient-none,input_x_gradient-none",
+        "dataset.limit=8", "heatmaps=2", "evaluation.features_in_step=64",
+        f"output_root={tmp_path / 'out'}", f"tracking.uri={uri(tmp_path)}", f"tracking.experiment={EXPERIMENT}",
+        *overrides,
+    ]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def runs_by_kind(tmp_path: Path):
+    client = MlflowClient(tracking_uri=uri(tmp_path))
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children, runs
+
+
+def test_joblib_sweep_makes_one_parent_with_two_children(tmp_path):
+    done = run_sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, parents, children, runs = runs_by_kind(tmp_path)
+
+    assert len(parents) == 1 and len(runs) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["launcher"] == "JoblibLauncher"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(c.info.run_name for c in children) == ["gradient-none", "input_x_gradient-none"]
+    assert all(c.info.status == "FINISHED" and "faithfulness/srg" in c.data.metrics for c in children)
+    # the parent was created before the jobs started, and it holds the ranking of its children
+    assert parent.info.start_time < min(c.info.start_time for c in children)
+    ranking = client.download_artifacts(parent.info.run_id, "comparison/ranking.csv", str(tmp_path))
+    ranked = Path(ranking).read_text().splitlines()[1:]
+    best = max(children, key=lambda c: c.data.metrics["faithfulness/srg"])
+    assert ranked[0].startswith(best.info.run_name) and len(ranked) == 2
+    assert parent.data.tags["best_run"].startswith(best.info.run_name)
+
+
+def test_basic_sweep_deferred_publish_lands_under_the_parent(tmp_path):
+    done = run_sweep(tmp_path, "tracking.publish=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, parents, children, runs = runs_by_kind(tmp_path)
+    assert len(parents) == 1 and children == [] and len(runs) == 1  # nothing published yet
+    parent_id = parents[0].info.run_id
+    assert parents[0].data.tags["launcher"] == "BasicLauncher"
+    assert read_json(tmp_path / "out" / EXPERIMENT / SWEEP_FILE)["parent_run_id"] == parent_id
+
+    folders = sorted(p.parent for p in (tmp_path / "out" / EXPERIMENT).glob(f"*/*/{PARENT_FILE}"))
+    assert len(folders) == 2 and all(RunFolder(f).is_complete for f in folders)
+    for folder in folders:
+        assert publish_main([str(folder)]) == 0
+    assert publish_main([str(folders[0])]) == 0  # publishing again finds the run it made
+    client, parents, children, runs = runs_by_kind(tmp_path)
+    assert len(children) == 2 and len(runs) == 3
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent_id}
+    assert {c.data.tags["output_dir"] for c in children} == {str(f.resolve()) for f in folders}
+
