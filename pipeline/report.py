@@ -6,34 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+import torch
 
 from pipeline.evaluate import METRICS
 from pipeline.results import RunFolder, atomic_write, write_json
 
 PER_SAMPLE_COLUMNS = ("sample_id", "label", "prediction", "target", *METRICS)
-
-
-def heatmap_images(attribution: np.ndarray) -> list[Image.Image]:
-    """One RGB heatmap per sample (channels summed, centred on 0: red positive, blue negative, white 0)."""
-    images = []
-    for relevance in attribution.sum(axis=1):
-        scale = float(np.abs(relevance).max()) or 1.0
-        v = relevance / scale
-        rgb = np.stack([1 - np.clip(-v, 0, 1), 1 - np.abs(v), 1 - np.clip(v, 0, 1)], axis=-1)
-        images.append(Image.fromarray((rgb * 255).round().astype(np.uint8)))
-    return images
-
-
-def input_images(x: np.ndarray) -> list[Image.Image]:
-    """The inputs as images: min-max scaled per sample, grey for one channel."""
-    images = []
-    for sample in x:
-        lo, hi = float(sample.min()), float(sample.max())
-        scaled = (sample - lo) / (hi - lo) if hi > lo else np.zeros_like(sample)
-        pixels = (scaled.transpose(1, 2, 0) * 255).round().astype(np.uint8)
-        images.append(Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels[..., :3]))
-    return images
 
 
 def summarize(folder: RunFolder, classes: list[str] | None = None, extra: dict[str, float] | None = None) -> dict[str, float]:
@@ -62,12 +40,16 @@ def summarize(folder: RunFolder, classes: list[str] | None = None, extra: dict[s
 
     ids, attribution, x = arrays["heatmap_ids"], arrays["heatmap_attribution"], arrays["heatmap_x"]
     titles = [_title(arrays, i, classes) for i in ids]
-    heatmaps = heatmap_images(attribution) if len(ids) else []
-    for sample_id, image in zip(ids, heatmaps):
-        path = out / "heatmaps" / f"{heatmap_key(int(sample_id)).split('/')[-1]}.png"
-        atomic_write(path, lambda f, im=image: im.save(f, format="PNG"))
     if len(ids):
-        _save_gallery(out / "gallery.png", input_images(x), heatmaps, titles)
+        from xai.heatmap import heatmap, heatmap_grid, input_images
+
+        heatmaps = heatmap(torch.from_numpy(attribution))
+        for sample_id, image in zip(ids, heatmaps):
+            path = out / "heatmaps" / f"{heatmap_key(int(sample_id)).split('/')[-1]}.png"
+            atomic_write(path, lambda f, im=image: im.save(f, format="PNG"))
+        gallery = heatmap_grid({"input": input_images(torch.from_numpy(x)), folder.manifest["run_name"]: heatmaps},
+                               column_labels=titles)
+        atomic_write(out / "gallery.png", lambda f: gallery.save(f, format="PNG"))
     _save_curves(out / "curves.png", curves)
     return metrics
 
@@ -83,31 +65,12 @@ def _title(arrays: dict[str, np.ndarray], sample_id: int, classes: list[str] | N
     return f"#{sample_id} y={name(int(arrays['label'][row]))} p={name(int(arrays['prediction'][row]))}"
 
 
-def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, plt.figure(figsize=(width, height))
-
-
-def _save_gallery(path: Path, inputs: list[Image.Image], heatmaps: list[Image.Image], titles: list[str]) -> None:
-    plt, fig = _figure(1.6 * len(inputs), 3.4)
-    axes = fig.subplots(2, len(inputs), squeeze=False)
-    for col, (image, heat, title) in enumerate(zip(inputs, heatmaps, titles)):
-        axes[0, col].imshow(image, cmap="gray" if image.mode == "L" else None)
-        axes[0, col].set_title(title, fontsize=7)
-        axes[1, col].imshow(heat)
-        for ax in axes[:, col]:
-            ax.axis("off")
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
-
-
 def _save_curves(path: Path, curves: dict[str, list[float]]) -> None:
-    plt, fig = _figure(4.5, 3.2)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 3.2))
+    FigureCanvasAgg(fig)
     ax = fig.subplots()
     for order, label in (("morf", "MoRF (most relevant first)"), ("lerf", "LeRF (least relevant first)")):
         curve = np.asarray(curves[order])
@@ -117,4 +80,3 @@ def _save_curves(path: Path, curves: dict[str, list[float]]) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)

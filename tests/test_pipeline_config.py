@@ -127,3 +127,15 @@ def test_sample_selection_limit_and_shards():
     with pytest.raises(ValueError, match="dataset.limit=0"):
         select_samples(10, limit=0)
     assert batch_plan([5, 6, 7, 8, 9], 2) == [[5, 6], [7, 8], [9]]
+
+
+def test_device_auto_picks_cuda_when_present(monkeypatch):
+    import torch
+
+    from pipeline.models import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -92,11 +92,12 @@ def test_gradient_run_matches_captum_and_quantus_and_is_tracked(tmp_path):
 def test_quickstart_command_runs_from_any_directory_with_the_default_tracking_uri(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.run", "experiment=quick", "method=gradient", "dataset.limit=4"],
+        [sys.executable, "-m", "pipeline.run", "method=lrp", "composite=epsilon_gamma_box", "experiment=quick",
+         "dataset.limit=4"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    (output,) = (tmp_path / "outputs" / "xai-pipeline" / "gradient-none").iterdir()
+    (output,) = (tmp_path / "outputs" / "xai-pipeline" / "lrp-epsilon_gamma_box").iterdir()
     assert (output / "COMPLETE").exists() and (output / ".hydra" / "config.yaml").exists()
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # sqlite:///mlflow.db in the cwd
     (run,) = client.search_runs([client.get_experiment_by_name("xai-pipeline").experiment_id])
