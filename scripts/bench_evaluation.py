@@ -12,7 +12,8 @@ Side by side in one run on CPU, for the bundled digits CNN (16 digits, 1x32x32) 
 Repeats alternate bare and ours; the table shows the minimum wall time of each (the least disturbed by other
 processes on a shared machine) and the ratios ours / bare (floor: <= 1.05) and quantus / ours.
 
-    python scripts/bench_evaluation.py [--repeats 3] [--batch-size 64] [--skip-quantus]
+    python scripts/bench_evaluation.py [--repeats 3] [--batch-size 64] [--skip-quantus] [--only digits|resnet]
+                                      [--threads T]
 """
 import argparse
 import time
@@ -72,7 +73,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--skip-quantus", action="store_true")
     parser.add_argument("--only", choices=["digits", "resnet"], help="run one of the two models")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     baseline = 0.0
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, quantus {quantus.__version__}, "
