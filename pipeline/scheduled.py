@@ -1,0 +1,102 @@
+"""``python -m pipeline.scheduled``: the nightly evaluation, for cron, systemd timers and Kubernetes CronJobs.
+
+1. Takes a non-blocking lock (``flock``): while a run holds it, another exits at once with 75, so
+   scheduled runs never overlap.
+2. Runs the ``experiment=nightly`` sweep (extra Hydra overrides after ``--``) into a fresh folder
+   ``<output root>/<experiment>/<timestamp>``: one MLflow parent run, one child per config.
+3. Runs the regression check (``pipeline.regression``) on that sweep's children.
+
+Exit codes (``pipeline.exit_codes.ExitCode``): 0 ok, 1 the sweep or a job in it failed, 2 a regression
+(SRG dropped beyond ``--threshold``), 64 bad usage, 75 locked. A failed job wins over a regression.
+"""
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from pipeline.exit_codes import ExitCode, UsageParser
+
+DEFAULT_LOCK = "outputs/nightly.lock"
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[bool]:
+    """Yield True holding ``flock(path)``, or False at once when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sweep_command(uri: str, experiment: str, sweep_dir: Path, overrides: list[str]) -> list[str]:
+    """The Hydra multirun of the nightly preset (the same command works by hand)."""
+    return [sys.executable, "-m", "pipeline.run", "experiment=nightly", f"tracking.experiment={experiment}",
+            f"tracking.uri={uri}", f"hydra.sweep.dir={sweep_dir}", *overrides]
+
+
+def parent_of_sweep(sweep_dir: Path) -> Optional[str]:
+    from pipeline.results import read_json
+    from pipeline.sweep import SWEEP_FILE
+
+    path = sweep_dir / SWEEP_FILE
+    return read_json(path)["parent_run_id"] if path.exists() else None
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = UsageParser(prog="python -m pipeline.scheduled", description=__doc__.splitlines()[0],
+                         epilog="Exit codes: 0 ok, 1 job failed, 2 regression, 64 usage, 75 locked.")
+    parser.add_argument("--lock", default=DEFAULT_LOCK, help=f"lock file (default {DEFAULT_LOCK})")
+    parser.add_argument("--experiment", default="nightly")
+    parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    parser.add_argument("--output-root", default="outputs", help="sweeps go to <this>/<experiment>/<timestamp>")
+    parser.add_argument("--threshold", type=float, default=0.05, help="largest allowed SRG drop (absolute)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for the sweep (after --)")
+    args = parser.parse_args(argv)
+    if args.threshold < 0:
+        parser.error(f"--threshold must be >= 0, got {args.threshold}")
+
+    with exclusive_lock(Path(args.lock)) as acquired:
+        if not acquired:
+            holder = Path(args.lock).read_text().strip() or "?"
+            print(f"another scheduled run (pid {holder}) holds {args.lock}: not starting", file=sys.stderr)
+            return ExitCode.LOCKED
+        return _run(args)
+
+
+def _run(args) -> ExitCode:
+    from pipeline.regression import check, report
+    from pipeline.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    sweep_dir = Path(args.output_root).resolve() / args.experiment / time.strftime("%Y-%m-%d_%H-%M-%S")
+    command = sweep_command(uri, args.experiment, sweep_dir, args.overrides)
+    print("running:", " ".join(command), flush=True)
+    sweep_failed = subprocess.run(command).returncode != 0
+    parent = parent_of_sweep(sweep_dir)
+    if parent is None:
+        print(f"the sweep made no parent run (see its output above; folder {sweep_dir})", file=sys.stderr)
+        return ExitCode.JOB_FAILED
+    verdict = report(check(uri, args.experiment, args.threshold, parent=parent))
+    if sweep_failed:
+        print("the sweep failed (see the job errors above)", file=sys.stderr)
+        return ExitCode.JOB_FAILED
+    return verdict
+
+
+if __name__ == "__main__":
+    sys.exit(main())
