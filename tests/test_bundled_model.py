@@ -48,7 +48,10 @@ def test_weights_load_with_weights_only(monkeypatch):
 PROBE = """
 import json, sys
 opened = []
-sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and isinstance(args[0], str) else None)
+def record(event, args):
+    if event == "open" and isinstance(args[0], str):
+        opened.append(args[0])
+sys.addaudithook(record)
 from pipeline.bundled import digits_split, load_default_model
 load_default_model()
 digits_split("train")

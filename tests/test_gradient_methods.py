@@ -97,7 +97,8 @@ def test_integrated_gradients_uses_captums_quadrature_points(scheme):
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_integrated_gradients_equals_captum(case, scheme):
-    """Captum rounds its points to float32; a point moved by 1e-8 can cross a ReLU kink, so ours gets the same points."""
+    """Captum rounds its points to float32; a point moved by 1e-8 can cross a ReLU kink,
+    so ours is given Captum's points (that the points agree is tested above)."""
     model, x, target = case
     steps = 12
     baseline = 0.1 * torch.ones_like(x[0])

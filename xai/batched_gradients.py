@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from xai.analyzer import check_output
+from xai.batchnorm_folding import fold_batchnorm
 from xai.targets import one_hot_at
 
 # points(first_step, stop_step) -> Tensor (stop_step - first_step, N, *sample_shape)
@@ -37,8 +38,10 @@ def weighted_gradient_sum(
 
     ``points(a, b)`` returns the inputs of steps a..b-1 for all N samples, shape (b - a, N, ...).
     Steps are visited in order, so ``points`` may draw them lazily (e.g. seeded noise).
-    The step weight is folded into the backward seed, so each chunk costs one forward and one backward.
+    The step weight is folded into the backward seed, so each chunk costs one forward and one backward;
+    the model runs with its BatchNorm folded into the layer before (same function, less work).
     """
+    model = fold_batchnorm(model)
     n, steps = target.shape[0], weights.shape[0]
     total = steps * n
     total_grad: Tensor | None = None
