@@ -178,3 +178,16 @@ def test_parallel_jobs_on_one_sqlite_store_lose_no_run(tmp_path):
     assert sorted((r.data.tags["method"], r.data.params["seed"]) for r in runs) == [
         ("gradient", "0"), ("gradient", "1"), ("input_x_gradient", "0"), ("input_x_gradient", "1")]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_slurm_preset_is_a_submitit_slurm_array_with_gpu_time_limit_and_partition_from_config():
+    cfg = make_cfg(["hydra/launcher=slurm_gpu", "hydra.launcher.partition=a100", "hydra.launcher.timeout_min=30"], hydra=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.timeout_min, launcher.gpus_per_node) == ("a100", 30, 1)
+
+
+def test_ray_preset_connects_to_a_cluster_without_the_launchers_object_store_default():
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install .[ray]")
+    init = make_cfg(["hydra/launcher=ray_cluster"], hydra=True).hydra.launcher.ray.init
+    assert init.address == "auto" and "object_store_memory" in init and init.object_store_memory is None
