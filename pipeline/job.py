@@ -111,13 +111,15 @@ def _skipped_arrays(batch) -> dict[str, np.ndarray]:
     }
 
 
-def manifest_for(cfg: DictConfig, ids: list[int], batches: list[list[int]], heatmap_ids: list[int]) -> dict[str, Any]:
+def manifest_for(
+    cfg: DictConfig, composite: str, ids: list[int], batches: list[list[int]], heatmap_ids: list[int]
+) -> dict[str, Any]:
     """What the folder holds: the samples, their batches, and the labels the run is tagged with."""
     return {
         "config_hash": config_hash(cfg),
         "run_name": run_name(cfg.method.name, cfg.composite.name),
         "method": cfg.method.name,
-        "composite": effective_composite(cfg.method, cfg.composite),
+        "composite": composite,
         "model": cfg.model.name,
         "dataset": {
             "name": cfg.dataset.name,
@@ -140,6 +142,7 @@ def dataset_digest(dataset: DictConfig, ids: list[int]) -> str:
 def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
     """Run (or resume) one config into ``output_dir``, then publish it unless ``tracking.publish=false``."""
     validate(cfg)
+    composite = effective_composite(cfg.method, cfg.composite)  # method=lrp composite=none fails before any work
     start = perf_counter()
     folder = RunFolder(output_dir)
     torch.manual_seed(cfg.seed)
@@ -151,7 +154,7 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
     batches = batch_plan(ids, cfg.batch_size)
     config_yaml = OmegaConf.to_yaml({k: cfg[k] for k in cfg if k != "hydra"}, resolve=True)
     classes = {"classes": list(getattr(data, "classes", None) or [])}  # for the titles of a later shard merge
-    manifest = folder.start(manifest_for(cfg, ids, batches, heatmap_ids) | classes, config_yaml)
+    manifest = folder.start(manifest_for(cfg, composite, ids, batches, heatmap_ids) | classes, config_yaml)
     if manifest["git_commit"] != git_commit():
         log.warning("resuming results computed at commit %s with commit %s", manifest["git_commit"], git_commit())
 
