@@ -209,3 +209,37 @@ def test_folder_of_another_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="holds results of a different run"):
         run_job(make_cfg(["method=gradient", "dataset.limit=3", "tracking.publish=false"]), tmp_path / "out")
     assert RunFolder(tmp_path / "out").is_complete
+
+
+def write_cifar10(root: Path, n: int = 6) -> list[int]:
+    """A CIFAR-10 folder in the python format (pickled dicts), with random images."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, n).tolist()
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": labels}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    return labels
+
+
+def test_cifar10_from_a_local_folder(tmp_path, monkeypatch):
+    from torchvision.datasets import cifar
+
+    checkpoint = resnet_checkpoint(tmp_path / "resnet.pt", classes=10)
+    overrides = ["method=gradient", "model=torchvision", "model.arch=resnet18", "model.num_classes=10",
+                 f"model.checkpoint={checkpoint}", "dataset=cifar10", "dataset.limit=4", "tracking.publish=false",
+                 "evaluation.features_in_step=256", "heatmaps=1"]
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 not found .*cifar-10-batches-py.*never downloads"):
+        run_job(make_cfg([*overrides, f"dataset.path={tmp_path / 'nothing'}"]), tmp_path / "missing")
+
+    labels = write_cifar10(tmp_path / "cifar")
+    # our files are not the real ones, so their md5 sums cannot match: skip only that check
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    folder = run_job(make_cfg([*overrides, f"dataset.path={tmp_path / 'cifar'}"]), tmp_path / "out")
+    table = pd.read_csv(folder.results / "per_sample.csv")
+    assert table.label.tolist() == labels[:4]
+    assert folder.read_batches()["heatmap_x"].shape == (1, 3, 32, 32)
