@@ -147,7 +147,7 @@ class EpsilonRule(LinearRule):
 
     def relevance(self, layer, x, z, relevance):
         weight, _ = layer.params
-        return x * layer.transpose(relevance / self.modify_denominator(z), weight, x)
+        return layer.transpose(relevance / self.modify_denominator(z), weight, x).mul_(x)
 
 
 class ZeroRule(EpsilonRule):
@@ -161,6 +161,12 @@ class ZeroRule(EpsilonRule):
 
     def __repr__(self):
         return "ZeroRule()"
+
+
+def _share(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
+    """relevance / stabilize(z, epsilon), computed in the storage of the temporary ``z`` (same rounding)."""
+    z.add_((z >= 0).to(z.dtype).mul_(2 * epsilon).sub_(epsilon))
+    return torch.div(relevance, z, out=z)
 
 
 class GammaRule(LinearRule):
@@ -183,43 +189,43 @@ class GammaRule(LinearRule):
     def remember(self, x, z):
         return x, torch.sign(z).to(torch.int8)
 
-    def _up_down(self, layer):
-        g = self.gamma
+    def _boosted(self, layer, positive: bool):
+        """W + gamma W+ and b + gamma b+ (positive) or W + gamma W- and b + gamma b-."""
+        part = (lambda t: t.clamp(min=0)) if positive else (lambda t: t.clamp(max=0))
 
         def make(weight, bias):
-            up = (weight + g * weight.clamp(min=0), None if bias is None else bias + g * bias.clamp(min=0))
-            down = (weight + g * weight.clamp(max=0), None if bias is None else bias + g * bias.clamp(max=0))
-            return up, down
+            return weight + self.gamma * part(weight), None if bias is None else bias + self.gamma * part(bias)
 
-        return layer.derived((id(self), "up_down"), make)
+        return layer.derived((id(self), positive), make)
 
     def relevance(self, layer, x, sign, relevance):
-        (w_up, b_up), (w_down, b_down) = self._up_down(layer)
-        r_up = relevance * (sign > 0)
-        r_down = relevance * (sign < 0)
+        eps = self.stabilizer
+        w_up, b_up = self._boosted(layer, True)
         if _nonnegative(x):
-            s_up = r_up / self.modify_denominator(layer.forward(x, w_up, b_up))
-            grad = layer.transpose(s_up, w_up, x)
-            if r_down.any():  # zero after a ReLU-fed upper layer: skip the whole second pass
-                s_down = r_down / self.modify_denominator(layer.forward(x, w_down, b_down))
-                grad = grad + layer.transpose(s_down, w_down, x)
-            return x * grad
+            grad = layer.transpose(_share(relevance, layer.forward(x, w_up, b_up), eps).mul_(sign > 0), w_up, x)
+            r_down = relevance * (sign < 0)
+            if r_down.any():  # zero when the layer above keeps only z > 0 (a ReLU): skip the second pass
+                w_down, b_down = self._boosted(layer, False)
+                grad += layer.transpose(_share(r_down, layer.forward(x, w_down, b_down), eps), w_down, x)
+            return grad.mul_(x)
+        w_down, b_down = self._boosted(layer, False)
         xp, xn = x.clamp(min=0), x.clamp(max=0)
         z_up = layer.forward(xp, w_up, b_up) + layer.forward(xn, w_down)
         z_down = layer.forward(xp, w_down, b_down) + layer.forward(xn, w_up)
-        s_up = r_up / self.modify_denominator(z_up)
-        s_down = r_down / self.modify_denominator(z_down)
+        s_up = _share(relevance * (sign > 0), z_up, eps)
+        s_down = _share(relevance * (sign < 0), z_down, eps)
         return (xp * (layer.transpose(s_up, w_up, x) + layer.transpose(s_down, w_down, x))
                 + xn * (layer.transpose(s_up, w_down, x) + layer.transpose(s_down, w_up, x)))
 
 
-def _split_parameters(rule: LinearRule, layer: AffineLayer):
-    """(W+, b+), (W-, b-) of the merged parameters, cached on the layer."""
+def _positive_part(layer: AffineLayer) -> tuple[Tensor, Tensor | None]:
+    """(W+, b+) of the merged parameters, cached on the layer (shared by all rules)."""
+    return layer.derived("positive", lambda w, b: (w.clamp(min=0), _positive(b)))
 
-    def make(weight, bias):
-        return (weight.clamp(min=0), _positive(bias)), (weight.clamp(max=0), _negative(bias))
 
-    return layer.derived("split", make)
+def _negative_part(layer: AffineLayer) -> tuple[Tensor, Tensor | None]:
+    """(W-, b-) of the merged parameters, cached on the layer (shared by all rules)."""
+    return layer.derived("negative", lambda w, b: (w.clamp(max=0), _negative(b)))
 
 
 class AlphaBetaRule(LinearRule):
@@ -240,18 +246,20 @@ class AlphaBetaRule(LinearRule):
         self.stabilizer = stabilizer
 
     def relevance(self, layer, x, extra, relevance):
-        (wp, bp), (wn, bn) = _split_parameters(self, layer)
-        stab = self.modify_denominator
+        eps = self.stabilizer
+        wp, bp = _positive_part(layer)
         if _nonnegative(x):
-            s_pos = relevance / stab(layer.forward(x, wp, bp))
-            result = self.alpha * layer.transpose(s_pos, wp, x)
+            grad = layer.transpose(_share(relevance, layer.forward(x, wp, bp), eps), wp, x)
+            if self.alpha != 1:
+                grad.mul_(self.alpha)
             if self.beta:
-                s_neg = relevance / stab(layer.forward(x, wn, bn))
-                result = result - self.beta * layer.transpose(s_neg, wn, x)
-            return x * result
+                wn, bn = _negative_part(layer)
+                grad.sub_(layer.transpose(_share(relevance, layer.forward(x, wn, bn), eps), wn, x), alpha=self.beta)
+            return grad.mul_(x)
+        wn, bn = _negative_part(layer)
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        s_pos = relevance / stab(layer.forward(xp, wp, bp) + layer.forward(xn, wn))
-        s_neg = relevance / stab(layer.forward(xp, wn, bn) + layer.forward(xn, wp))
+        s_pos = _share(relevance, layer.forward(xp, wp, bp) + layer.forward(xn, wn), eps)
+        s_neg = _share(relevance, layer.forward(xp, wn, bn) + layer.forward(xn, wp), eps)
         positive = xp * layer.transpose(s_pos, wp, x) + xn * layer.transpose(s_pos, wn, x)
         negative = xp * layer.transpose(s_neg, wn, x) + xn * layer.transpose(s_neg, wp, x)
         return self.alpha * positive - self.beta * negative
@@ -294,7 +302,7 @@ class ZBoxRule(LinearRule):
 
     def relevance(self, layer, x, extra, relevance):
         weight, bias = layer.params
-        (wp, bp), (wn, bn) = _split_parameters(self, layer)
+        (wp, bp), (wn, bn) = _positive_part(layer), _negative_part(layer)
         low, high = self._bound(self.low, x), self._bound(self.high, x)
         z = layer.forward(x, weight, bias) - (layer.forward(low, wp, bp) + layer.forward(high, wn, bn))
         s = relevance / self.modify_denominator(z)

@@ -1,0 +1,182 @@
+"""LRP speed and memory, side by side in one run: ours vs the plain gradient vs Zennit 0.5.1 (CPU).
+
+For torchvision VGG16 and ResNet50 (random weights, randomised BatchNorm statistics, eval mode) on a batch of
+random 224x224 images, and for each preset composite, prints
+
+* time(ours) / time(gradient) and time(Zennit) / time(ours): every repeat runs all methods back to back in
+  alternating order; the figure is the median over repeats (the machine may be shared, so alternation and
+  medians matter more than absolute times);
+* peak memory ours / gradient (and Zennit / gradient): each configuration runs once in a fresh subprocess. After
+  the model and input are built, the process resets its resident-set high-water mark (``/proc/self/clear_refs``),
+  runs one explanation and reports the peak resident size (``VmHWM``) minus the resident size before the run
+  (``VmRSS``): the memory the explanation itself needed, including any cached modified weights. torch's CPU
+  allocator has no peak-memory counter, and a fresh process keeps runs from reusing each other's freed pages.
+  The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc gives every tensor above 64 KB its own
+  mapping and returns it when freed; with glibc's default (a threshold that grows to 32 MB) freed tensors stay
+  in the heap and the resident size measures the allocator's fragmentation rather than the tensors.
+
+Zennit is run as its documentation shows: ``zennit.attribution.Gradient`` with the composite of the same name and
+the canonizers for the model (``SequentialMergeBatchNorm``; ``ResNetCanonizer`` for ResNet50).
+
+Usage: ``python scripts/bench_lrp.py [--models vgg16 resnet50] [--batch 4] [--size 224] [--repeats 3]``
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torchvision
+from torch import nn
+from tqdm import tqdm
+
+COMPOSITES = ["EpsilonGammaBox", "EpsilonPlus", "EpsilonPlusFlat", "EpsilonAlpha2Beta1", "EpsilonAlpha2Beta1Flat"]
+FLOORS = {"EpsilonGammaBox": 2.0, "EpsilonPlus": 2.0, "EpsilonPlusFlat": 2.0, "EpsilonAlpha2Beta1": 2.6,
+          "EpsilonAlpha2Beta1Flat": 2.6}
+
+
+def build(model_name: str, batch: int, size: int):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, model_name)(weights=None).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(batch, 3, size, size)
+    return model, x
+
+
+def make_runner(method: str, model: nn.Module, model_name: str):
+    """A callable x -> attribution for "gradient", "ours:<Composite>" or "zennit:<Composite>"."""
+    target = 1
+    if method == "gradient":
+        from xai import Gradient
+
+        analyzer = Gradient(model)
+        return lambda x: analyzer(x, target).attribution
+    kind, name = method.split(":")
+    if kind == "ours":
+        import xai.composites
+        from xai import LRP
+
+        analyzer = LRP(model, getattr(xai.composites, name)())
+        return lambda x: analyzer(x, target).attribution
+    import zennit.composites
+    from zennit.attribution import Gradient as ZennitGradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.torchvision import ResNetCanonizer
+
+    canonizers = [ResNetCanonizer()] if model_name.startswith("resnet") else [SequentialMergeBatchNorm()]
+    kwargs = {"low": -3.0, "high": 3.0} if name == "EpsilonGammaBox" else {}
+    composite = getattr(zennit.composites, name)(canonizers=canonizers, **kwargs)
+
+    def run(x):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with ZennitGradient(model, composite) as attributor:
+            output_relevance = torch.zeros(x.shape[0], 1000)
+            output_relevance[:, target] = 1.0
+            _, relevance = attributor(x.clone().requires_grad_(True), output_relevance)
+        return relevance
+
+    return run
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def memory_child(model_name: str, method: str, batch: int, size: int) -> None:
+    """In a fresh process: peak RSS of one explanation minus the RSS before it (MB)."""
+    model, x = build(model_name, batch, size)
+    run = make_runner(method, model, model_name)
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset VmHWM to the current RSS: building the model must not count
+    baseline = _status_kb("VmRSS")
+    run(x)
+    print(json.dumps({"mb": (_status_kb("VmHWM") - baseline) / 1024}))
+
+
+def memory(model_name: str, method: str, batch: int, size: int) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", model_name, method, "--batch", str(batch), "--size", str(size)],
+        check=True, capture_output=True, text=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["mb"]
+
+
+def bench_model(model_name: str, batch: int, size: int, repeats: int, zennit: bool) -> list[dict]:
+    model, x = build(model_name, batch, size)
+    methods = ["gradient"] + [f"ours:{c}" for c in COMPOSITES] + ([f"zennit:{c}" for c in COMPOSITES] if zennit else [])
+    runners = {m: make_runner(m, model, model_name) for m in methods}
+    times = {m: [] for m in methods}
+    for m in tqdm(methods, desc=f"{model_name} warm-up", leave=False):
+        runners[m](x)
+    for r in tqdm(range(repeats), desc=f"{model_name} repeats"):
+        order = methods if r % 2 == 0 else methods[::-1]
+        for m in order:
+            start = time.perf_counter()
+            runners[m](x)
+            times[m].append(time.perf_counter() - start)
+    median = {m: statistics.median(t) for m, t in times.items()}
+    tqdm.write(f"{model_name} median seconds: " + ", ".join(f"{m} {t:.3f}" for m, t in median.items()))
+    mem = {m: memory(model_name, m, batch, size) for m in tqdm(methods, desc=f"{model_name} memory", leave=False)}
+    rows = []
+    for c in COMPOSITES:
+        row = {
+            "model": model_name, "composite": c,
+            "ours_over_gradient": median[f"ours:{c}"] / median["gradient"],
+            "mem_ours_over_gradient": mem[f"ours:{c}"] / mem["gradient"],
+            "gradient_s": median["gradient"], "ours_s": median[f"ours:{c}"],
+            "gradient_mb": mem["gradient"], "ours_mb": mem[f"ours:{c}"],
+        }
+        if zennit:
+            row.update({
+                "zennit_over_ours": median[f"zennit:{c}"] / median[f"ours:{c}"],
+                "zennit_over_gradient": median[f"zennit:{c}"] / median["gradient"],
+                "zennit_s": median[f"zennit:{c}"], "zennit_mb": mem[f"zennit:{c}"],
+            })
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet50"])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-zennit", action="store_true", help="skip Zennit (faster)")
+    parser.add_argument("--memory-child", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(*args.memory_child, args.batch, args.size)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.size}x{args.size}, "
+          f"{args.repeats} repeats, load average at start {os.getloadavg()[0]:.2f}")
+    rows = []
+    for model_name in args.models:
+        rows += bench_model(model_name, args.batch, args.size, args.repeats, not args.no_zennit)
+    header = ("| model | composite | ours / gradient (time) | floor | Zennit / ours (time) | Zennit / gradient (time) "
+              "| peak memory ours / gradient | Zennit memory / gradient |")
+    print(header)
+    print("|---" * 8 + "|")
+    for row in rows:
+        z = row.get("zennit_over_ours")
+        print(f"| {row['model']} | {row['composite']} | {row['ours_over_gradient']:.2f}x | <= {FLOORS[row['composite']]}x "
+              f"| {z:.2f}x | {row['zennit_over_gradient']:.2f}x | {row['mem_ours_over_gradient']:.2f}x "
+              f"| {row['zennit_mb'] / row['gradient_mb']:.2f}x |" if z is not None else
+              f"| {row['model']} | {row['composite']} | {row['ours_over_gradient']:.2f}x | <= {FLOORS[row['composite']]}x "
+              f"| - | - | {row['mem_ours_over_gradient']:.2f}x | - |")
+    for model_name in args.models:
+        r = next(r for r in rows if r["model"] == model_name)
+        print(f"{model_name}: gradient {r['gradient_s']:.3f} s, {r['gradient_mb']:.0f} MB above the model and input")
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

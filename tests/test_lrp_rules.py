@@ -1,0 +1,158 @@
+"""Every LRP rule on Linear and Conv layers equals Zennit's rule of the same name on the same layer.
+
+Tolerance (written down): float64, ``max |ours - zennit| <= 1e-5 * max |zennit|`` (1e-5 relative to the
+attribution's scale; element-wise relative error is meaningless for entries near zero). Layers with and without
+bias, non-negative and mixed-sign inputs, and mixed-sign output relevance (so that Gamma's z < 0 branch and the
+sign-split terms all contribute).
+"""
+import pytest
+import torch
+import zennit.rules as zr
+from torch import nn
+
+from xai import LRP
+from xai.canonize import AffineLayer
+from xai.rules import (
+    AlphaBetaRule, EpsilonRule, FlatRule, GammaRule, PassRule, WSquareRule, ZBoxRule, ZeroRule, ZPlusRule,
+)
+
+RTOL = 1e-5
+
+RULES = {
+    "Zero": (ZeroRule, lambda: zr.Epsilon(epsilon=0.0)),
+    "Epsilon": (EpsilonRule, zr.Epsilon),
+    "Epsilon0.25": (lambda: EpsilonRule(epsilon=0.25), lambda: zr.Epsilon(epsilon=0.25)),
+    "Gamma": (GammaRule, zr.Gamma),
+    "Gamma0.5": (lambda: GammaRule(gamma=0.5), lambda: zr.Gamma(gamma=0.5)),
+    "WSquare": (WSquareRule, zr.WSquare),
+    "Flat": (FlatRule, zr.Flat),
+    "ZBox": (lambda: ZBoxRule(low=-3.0, high=3.0), lambda: zr.ZBox(low=-3.0, high=3.0)),
+    "ZPlus": (ZPlusRule, zr.ZPlus),
+    "AlphaBeta": (AlphaBetaRule, zr.AlphaBeta),
+    "AlphaBeta1-0": (lambda: AlphaBetaRule(alpha=1.0, beta=0.0), lambda: zr.AlphaBeta(alpha=1.0, beta=0.0)),
+}
+
+LAYERS = {
+    "linear": (lambda bias: nn.Linear(12, 7, bias=bias), (3, 12)),
+    "conv2d": (lambda bias: nn.Conv2d(3, 5, 3, padding=1, bias=bias), (2, 3, 6, 6)),
+    "conv2d-strided": (lambda bias: nn.Conv2d(4, 6, 3, stride=2, dilation=1, bias=bias), (2, 4, 9, 9)),
+    "conv1d": (lambda bias: nn.Conv1d(3, 4, 5, padding=2, bias=bias), (2, 3, 10)),
+}
+
+
+def assert_relative_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL) -> None:
+    scale = expected.abs().max()
+    assert scale > 0, "reference relevance is all zeros: the comparison would prove nothing"
+    error = (actual - expected).abs().max()
+    assert error <= rtol * scale, f"max abs error {error:.3e} > {rtol} * {scale:.3e}"
+
+
+def zennit_relevance(layer: nn.Module, rule, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    handles = rule.register(layer)
+    try:
+        x = x.clone().requires_grad_(True)
+        (result,) = torch.autograd.grad(layer(x), x, relevance)
+    finally:
+        handles.remove()
+    return result
+
+
+def our_relevance(layer: nn.Module, rule, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """The rule's backward step exactly as the engine calls it."""
+    with torch.no_grad():
+        z = layer(x)
+    kept_input, extra = rule.remember(x, z if rule.uses_output else None)
+    return rule.relevance(AffineLayer(layer), kept_input, extra, relevance)
+
+
+def make_case(layer_name: str, bias: bool, sign: str, seed: int = 0):
+    torch.manual_seed(seed)
+    make, shape = LAYERS[layer_name]
+    layer = make(bias).double()
+    if bias:
+        nn.init.uniform_(layer.bias, -0.5, 0.5)
+    x = torch.rand(shape, dtype=torch.float64) if sign == "positive" else torch.randn(shape, dtype=torch.float64)
+    with torch.no_grad():
+        relevance = torch.randn_like(layer(x))
+    return layer, x, relevance
+
+
+@pytest.mark.parametrize("sign", ["positive", "mixed"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("layer_name", list(LAYERS))
+@pytest.mark.parametrize("rule_name", list(RULES))
+def test_rule_equals_zennit(rule_name, layer_name, bias, sign):
+    ours, theirs = RULES[rule_name]
+    layer, x, relevance = make_case(layer_name, bias, sign)
+    expected = zennit_relevance(layer, theirs(), x, relevance)
+    assert_relative_close(our_relevance(layer, ours(), x, relevance), expected)
+
+
+def test_zbox_with_per_channel_bounds_equals_zennit():
+    layer, x, relevance = make_case("conv2d", True, "mixed")
+    low = torch.tensor([-2.0, -1.0, -3.0], dtype=torch.float64).reshape(1, 3, 1, 1)
+    high = torch.tensor([2.0, 1.5, 2.5], dtype=torch.float64).reshape(1, 3, 1, 1)
+    expected = zennit_relevance(layer, zr.ZBox(low=low, high=high), x, relevance)
+    assert_relative_close(our_relevance(layer, ZBoxRule(low=low, high=high), x, relevance), expected)
+
+
+def test_pass_rule_equals_zennit_on_activation():
+    torch.manual_seed(1)
+    x = torch.randn(3, 8, dtype=torch.float64)
+    relevance = torch.randn(3, 8, dtype=torch.float64)
+    expected = zennit_relevance(nn.Tanh(), zr.Pass(), x, relevance)
+    assert torch.equal(PassRule().propagate(nn.Tanh(), None, relevance), expected)
+
+
+@pytest.mark.parametrize("rule_name", ["Epsilon", "Gamma", "ZPlus", "AlphaBeta", "ZBox", "Flat", "WSquare"])
+def test_rule_through_the_analyzer_equals_zennit(rule_name):
+    """The same rules wired by ``LRP`` (hooks, autograd, one-hot output relevance) on a conv layer."""
+    ours, theirs = RULES[rule_name]
+    layer, x, _ = make_case("conv2d", True, "mixed", seed=3)
+    model = nn.Sequential(layer, nn.Flatten())
+    target = torch.tensor([5, 40])
+    one_hot = torch.zeros(2, 5 * 36, dtype=torch.float64)
+    one_hot[torch.arange(2), target] = 1.0
+    handles = theirs().register(layer)
+    try:
+        x_grad = x.clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(model(x_grad), x_grad, one_hot)
+    finally:
+        handles.remove()
+    result = LRP(model, rules={"0": ours()})(x, target)
+    assert_relative_close(result.attribution, expected)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ZBoxRule(low=1.0, high=1.0), "low < high"),
+    (lambda: ZBoxRule(low=2.0, high=-2.0), "low < high"),
+    (lambda: ZBoxRule(low=torch.tensor([0.0, 3.0]), high=torch.tensor([1.0, 2.0])), "low < high"),
+    (lambda: AlphaBetaRule(alpha=2.0, beta=2.0), "alpha - beta == 1"),
+    (lambda: AlphaBetaRule(alpha=1.5, beta=1.0), "alpha - beta == 1"),
+    (lambda: AlphaBetaRule(alpha=-1.0, beta=-2.0), "alpha >= 0 and beta >= 0"),
+    (lambda: AlphaBetaRule(alpha=0.0, beta=-1.0), "alpha >= 0 and beta >= 0"),
+    (lambda: EpsilonRule(epsilon=-1e-3), "epsilon >= 0"),
+    (lambda: GammaRule(gamma=-0.25), "gamma >= 0"),
+])
+def test_bad_rule_parameters_fail_at_construction(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_rule_defaults_follow_zennit():
+    assert EpsilonRule().epsilon == 1e-6
+    assert GammaRule().gamma == 0.25
+    assert (AlphaBetaRule().alpha, AlphaBetaRule().beta) == (2.0, 1.0)
+    for rule in (GammaRule(), ZPlusRule(), AlphaBetaRule(), WSquareRule(), FlatRule(), ZBoxRule(0.0, 1.0)):
+        assert rule.stabilizer == 1e-6
+
+
+def test_zero_rule_drops_relevance_where_the_denominator_is_exactly_zero():
+    layer = nn.Linear(2, 2, bias=False).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -1.0], [1.0, 2.0]]))
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.float64)  # z = [0, 3]
+    relevance = torch.tensor([[5.0, 3.0]], dtype=torch.float64)
+    result = our_relevance(layer, ZeroRule(), x, relevance)
+    assert torch.isfinite(result).all()
+    torch.testing.assert_close(result, torch.tensor([[1.0, 2.0]], dtype=torch.float64))
