@@ -3,7 +3,8 @@
 Both get the same model (ResNet18, random weights), the same input and target, and the same number of
 inputs per forward/backward (our ``batch_size`` = Captum's ``internal_batch_size`` for IG and
 ``nt_samples_batch_size`` x N for NoiseTunnel). Repeats alternate which implementation goes first;
-the table shows median wall times and their ratio (below 1 = ours is faster).
+the table shows median wall-clock times and median CPU times of this process (``time.process_time``,
+less disturbed by other processes on a shared machine) and their ratios (below 1 = ours is faster).
 
     python scripts/bench_gradients.py [--size 224] [--n 1] [--batch-size 10] [--repeats 5]
 """
@@ -68,19 +69,29 @@ def main() -> None:
         f"ResNet18 (random weights), input {args.n}x3x{args.size}x{args.size}, {args.batch_size} inputs per "
         f"forward/backward, {torch.get_num_threads()} threads, median of {args.repeats} alternating repeats"
     )
-    print(f"{'method':32s} {'ours [s]':>10s} {'captum [s]':>11s} {'ours/captum':>12s}")
+    print(
+        f"{'method':30s} {'wall ours':>10s} {'wall captum':>12s} {'wall ratio':>11s}"
+        f" {'cpu ours':>9s} {'cpu captum':>11s} {'cpu ratio':>10s}"
+    )
     for name, impls in cases.items():
-        times: dict[str, list[float]] = {impl: [] for impl in impls}
+        wall: dict[str, list[float]] = {impl: [] for impl in impls}
+        cpu: dict[str, list[float]] = {impl: [] for impl in impls}
         for run in impls.values():  # warm-up
             run()
         for repeat in range(args.repeats):
             order = list(impls) if repeat % 2 == 0 else list(reversed(impls))
             for impl in order:
-                start = time.perf_counter()
+                wall_start, cpu_start = time.perf_counter(), time.process_time()
                 impls[impl]()
-                times[impl].append(time.perf_counter() - start)
-        ours, captum = statistics.median(times["ours"]), statistics.median(times["captum"])
-        print(f"{name:32s} {ours:10.3f} {captum:11.3f} {ours / captum:12.3f}", flush=True)
+                wall[impl].append(time.perf_counter() - wall_start)
+                cpu[impl].append(time.process_time() - cpu_start)
+        w_ours, w_captum = statistics.median(wall["ours"]), statistics.median(wall["captum"])
+        c_ours, c_captum = statistics.median(cpu["ours"]), statistics.median(cpu["captum"])
+        print(
+            f"{name:30s} {w_ours:10.3f} {w_captum:12.3f} {w_ours / w_captum:11.3f}"
+            f" {c_ours:9.3f} {c_captum:11.3f} {c_ours / c_captum:10.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
