@@ -155,10 +155,27 @@ def _collate(items: list[tuple[int, tuple[Any, int]]]) -> Batch:
     broken = [(i, x) for i, (x, _) in items if isinstance(x, Unreadable)]
     if loaded:
         ids, xs, ys = zip(*loaded)
-        ids, x, labels = torch.tensor(ids), torch.stack(xs), torch.tensor(ys)
+        ids, x, labels = torch.tensor(ids), _stack_images(xs), torch.tensor(ys)
     else:
         ids, x, labels = torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long)
     return Batch(ids, x, labels, skipped=[b for _, b in broken], skipped_ids=[i for i, _ in broken])
+
+
+def _stack_images(xs: tuple[Any, ...]) -> Tensor:
+    """One (N, C, H, W) tensor, or an error that says which transform is missing."""
+    if not all(isinstance(x, Tensor) for x in xs):
+        kind = type(next(x for x in xs if not isinstance(x, Tensor))).__name__
+        raise TypeError(
+            f"the dataset gave {kind} images, not tensors: end dataset.transforms with "
+            f"{{_target_: torchvision.transforms.ToTensor}}"
+        )
+    shapes = sorted({tuple(x.shape) for x in xs})
+    if len(shapes) > 1 or len(shapes[0]) != 3:
+        raise ValueError(
+            f"images must all be (C, H, W) of one size to form a batch, got shapes {shapes}: add "
+            f"torchvision.transforms.Resize and CenterCrop to dataset.transforms"
+        )
+    return torch.stack(xs)
 
 
 class _Indexed(Dataset):

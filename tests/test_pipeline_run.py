@@ -243,3 +243,16 @@ def test_cifar10_from_a_local_folder(tmp_path, monkeypatch):
     table = pd.read_csv(folder.results / "per_sample.csv")
     assert table.label.tolist() == labels[:4]
     assert folder.read_batches()["heatmap_x"].shape == (1, 3, 32, 32)
+
+
+def test_image_folder_transforms_that_cannot_form_a_batch_are_named(tmp_path):
+    write_image_folder(tmp_path / "images")
+    (tmp_path / "images" / "cat" / "9_broken.png").unlink()
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "images" / "dog" / "odd.png")
+    checkpoint = resnet_checkpoint(tmp_path / "resnet.pt")
+    base = [o for o in IMAGE_FOLDER if not o.startswith("dataset.transforms")]
+    base += [f"dataset.path={tmp_path / 'images'}", f"model.checkpoint={checkpoint}", "batch_size=8"]
+    with pytest.raises(TypeError, match="gave Image images, not tensors: end dataset.transforms with .*ToTensor"):
+        run_job(make_cfg([*base, "dataset.transforms=[]"]), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"one size .*\(3, 20, 30\).*\(3, 40, 40\).*Resize and CenterCrop"):
+        run_job(make_cfg([*base, "dataset.transforms=[{_target_:torchvision.transforms.ToTensor}]"]), tmp_path / "b")
