@@ -62,7 +62,7 @@ def target_score(output: Tensor, target: Tensor, softmax: bool) -> Tensor:
 def perturbation_curves(
     model: nn.Module,
     x: Tensor,
-    baseline: Tensor,
+    baseline: Tensor | float,
     flip_steps: Sequence[Tensor],
     steps: int,
     target: Target,
@@ -72,14 +72,15 @@ def perturbation_curves(
 ) -> tuple[Tensor, list[Tensor]]:
     """Curves (N, steps + 1) for each flip-step map, and the resolved target (N,).
 
-    ``x`` and ``baseline`` are (N, C, H, W); each flip-step map is (N, C or 1, H, W) and holds, per feature, the
-    1-based step from which it is flipped. The unperturbed column is computed once and shared by all maps.
-    Everything is returned on the device of ``x``.
+    ``x`` is (N, C, H, W), ``baseline`` a tensor of its shape or one number; each flip-step map is
+    (N, C or 1, H, W) and holds, per feature, the 1-based step from which it is flipped. The unperturbed column is
+    computed once and shared by all maps. Everything is returned on the device of ``x``.
     """
     device = model_device(model)
     n = x.shape[0]
     with borrowed(model), torch.inference_mode():
-        x_dev, baseline_dev = x.to(device), baseline.to(device)
+        x_dev = x.to(device)
+        baseline_dev = torch.as_tensor(baseline, dtype=x.dtype, device=device)
         # row m perturbs sample m % n; the smallest integer type that holds the steps saves memory traffic
         step_type = torch.int16 if steps < torch.iinfo(torch.int16).max else torch.int32
         flips = torch.cat([f.to(device=device, dtype=step_type) for f in flip_steps])
@@ -89,20 +90,28 @@ def perturbation_curves(
         resolved = resolve_target(target, output)
         unperturbed = target_score(output, resolved, softmax)
 
-        total = flips.shape[0] * steps
-        job = torch.arange(total, device=device)
-        row, step = job // steps, job % steps + 1
-        sample = row % n
-        step = step.to(step_type).view(-1, *([1] * (x.dim() - 1)))
+        total = flips.shape[0] * steps  # job j = (row j // steps, step j % steps + 1), rows one after the other
+        sample = torch.arange(total, device=device) // steps % n
+        step_values = torch.arange(1, steps + 1, device=device, dtype=step_type).view(-1, *([1] * (x.dim() - 1)))
         scores = torch.empty(total, dtype=unperturbed.dtype, device=device)
+        # buffers reused by every chunk: no allocation (and no page faults) per forward pass
+        width = min(batch_size, total)
+        inputs = torch.empty((width, *x.shape[1:]), dtype=x.dtype, device=device)
+        flipped = torch.empty((width, *flips.shape[1:]), dtype=torch.bool, device=device)
         with tqdm(total=total, unit="input", desc="perturbation curves", leave=False,
                   disable=not progress or total <= batch_size) as bar:
             for start in range(0, total, batch_size):
-                part = slice(start, start + batch_size)
-                s = sample[part]
-                perturbed = torch.where(flips[row[part]] <= step[part], baseline_dev[s], x_dev[s])
-                scores[part] = target_score(model(perturbed), resolved[s], softmax)
-                bar.update(len(s))
+                stop = min(start + batch_size, total)
+                # a chunk covers consecutive steps of a few rows: one broadcast where per row, no gathers
+                for m in range(start // steps, (stop - 1) // steps + 1):
+                    first, last = max(start, m * steps), min(stop, (m + 1) * steps)
+                    rows = slice(first - start, last - start)
+                    mask = torch.le(flips[m], step_values[first - m * steps : last - m * steps], out=flipped[rows])
+                    replacement = baseline_dev if baseline_dev.dim() == 0 else baseline_dev[m % n]
+                    torch.where(mask, replacement, x_dev[m % n], out=inputs[rows])
+                perturbed = inputs[: stop - start]
+                scores[start:stop] = target_score(model(perturbed), resolved[sample[start:stop]], softmax)
+                bar.update(stop - start)
         curves = torch.cat([unperturbed.expand(len(flip_steps), n)[..., None], scores.view(-1, n, steps)], dim=2)
     # clone outside inference mode: callers may use the results in autograd-recorded code
     return resolved.to(x.device).clone(), [c.to(x.device).clone() for c in curves]

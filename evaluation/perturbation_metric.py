@@ -70,7 +70,10 @@ class PerturbationMetric(ABC):
         step_of = self._step_of_rank(x)
         relevance = self._unit_relevance(attribution.to(x.dtype), x)
         flips = [self._spread(flip_step(relevance, order, step_of), x) for order in orders]
-        baseline = make_baseline(self.baseline, x.detach(), self.seed, self.blur_sigma)
+        # a number stays a number: the engine fills it in without gathering a baseline tensor
+        baseline = self.baseline if not isinstance(self.baseline, str) else make_baseline(
+            self.baseline, x.detach(), self.seed, self.blur_sigma
+        )
         target, curves = perturbation_curves(
             model, x.detach(), baseline, flips, number_of_steps(step_of), target,
             self.softmax, self.batch_size, self.progress,
