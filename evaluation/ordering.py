@@ -20,7 +20,7 @@ def step_of_rank(units: int, per_step: int | None, steps: int | None, what: str)
     ``what`` names the unit in error messages (e.g. "pixels of a 1x32x32 input").
     """
     if (per_step is None) == (steps is None):
-        raise ValueError("give either a number of features per step or a number of steps, not both")
+        raise ValueError("give exactly one of a number of features per step and a number of steps")
     count, name = (per_step, "features per step") if per_step is not None else (steps, "steps")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"the number of {name} must be a positive int, got {count!r}")

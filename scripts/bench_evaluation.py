@@ -9,8 +9,8 @@ Side by side in one run on CPU, for the bundled digits CNN (16 digits, 1x32x32) 
   the perturbed inputs, softmax, gathering the scores);
 - quantus: ``quantus.PixelFlipping(...)`` on the same numpy arrays, one run (it is the slow one).
 
-Repeats alternate which of bare and ours goes first; the table shows the minimum wall time of each (the least disturbed by other
-processes on a shared machine) and the ratios ours / bare (floor: <= 1.05) and quantus / ours.
+Repeats alternate which of bare and ours goes first; the table shows the minimum wall time of each (the least
+disturbed by other processes on a shared machine) and the ratios ours / bare (floor: <= 1.05) and quantus / ours.
 
     python scripts/bench_evaluation.py [--repeats 3] [--batch-size 64] [--skip-quantus] [--only digits|resnet]
                                       [--threads T]
