@@ -28,6 +28,7 @@ from pipeline.models import load_model, resolve_device
 from pipeline.report import summarize
 from pipeline.results import RunFolder
 from pipeline.tracking import publish, publish_command, resolve_tracking_uri
+from xai.model_guard import model_device
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def explain_and_score(
     heatmap_ids: set[int],
 ) -> None:
     """Explain and score the samples of each batch (index -> sample ids) and write one result file per batch."""
-    device = next(iter(model.parameters())).device
+    device = model_device(model)
     faithfulness = Faithfulness(cfg.evaluation)
     kill_after = int(os.environ.get(KILL_AFTER_BATCHES_ENV, 0))
     loaded = iterate_batches(data, list(batches.values()), cfg.dataset.on_corrupt, cfg.dataset.num_workers)
