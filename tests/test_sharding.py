@@ -5,13 +5,12 @@ same batches with the same seeds; only thread counts (and so float32 summation o
 model) may differ between processes. The launcher tests run the real CLI as a multirun with
 ``hydra/launcher=joblib`` and ``submitit_local``, one thread per process (2 cores).
 """
+import importlib.util
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,6 @@ from pipeline.merge import IncompleteShards, ShardSet, find_shard_sets, merge
 from pipeline.models import load_model
 
 TOLERANCE = 1e-6
-REPO = Path(__file__).resolve().parents[1]
 #: The config of the launcher tests: 24 digits in 3 batches of 8, so 3 shards of one batch each.
 SMALL = ["method=gradient", "dataset.limit=24", "batch_size=8", "heatmaps=4", "evaluation.features_in_step=64"]
 
@@ -142,10 +140,16 @@ def runs_of(tmp_path):
     return client, [r for r in runs if r.data.tags.get("sweep") != "true"]  # not a sweep's parent run
 
 
+RAY = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None
+
+
 @pytest.mark.parametrize("launcher", [
     ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"],
     ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
-], ids=["joblib", "submitit_local"])
+    pytest.param(["hydra/launcher=ray_cluster", "hydra.launcher.ray.init.address=null",  # a private local Ray
+                  "+hydra.launcher.ray.init.num_cpus=2", "+hydra.launcher.ray.init.include_dashboard=false"],
+                 marks=pytest.mark.skipif(not RAY, reason="pip install .[ray]")),
+], ids=["joblib", "submitit_local", "ray"])
 def test_three_shard_multirun_ends_in_one_merged_run_equal_to_the_unsharded_run(tmp_path, launcher, unsharded_reference):
     multirun(tmp_path, *launcher, *SMALL, "dataset.num_shards=3", "dataset.shard=0,1,2")
 
