@@ -10,7 +10,7 @@ import sys
 from omegaconf import OmegaConf
 
 from pipeline.results import RunFolder
-from pipeline.tracking import publish, resolve_tracking_uri
+from pipeline.tracking import TrackingUnavailable, publish, resolve_tracking_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     tracking = OmegaConf.load(folder.config_file).tracking
     uri = args.tracking_uri or resolve_tracking_uri(tracking.uri)
     experiment = args.experiment or tracking.experiment
-    run_id = publish(folder, uri, experiment, dict(tracking.tags))
+    try:
+        run_id = publish(folder, uri, experiment, dict(tracking.tags))
+    except (ValueError, TrackingUnavailable) as error:  # incomplete folder, server down: say so, no traceback
+        print(f"not published: {error}", file=sys.stderr)
+        return 1
     print(f"published {folder.path} to {uri}, experiment {experiment}: run {run_id}")
     return 0
 

@@ -94,3 +94,19 @@ def test_incomplete_folder_is_not_published(tmp_path):
     folder = RunFolder(tmp_path / "empty")
     with pytest.raises(ValueError, match="not complete .*rerun the pipeline command"):
         publish(folder, f"sqlite:///{tmp_path / 'mlflow.db'}", "x")
+
+
+def test_publish_command_explains_what_is_wrong(tmp_path, capsys):
+    from pipeline.publish import main as publish_main
+
+    folder = run_job(make_cfg(["method=gradient", "dataset.limit=2", "evaluation.features_in_step=256",
+                               "tracking.publish=false"]), tmp_path / "out")
+    folder.complete_file.unlink()
+    assert publish_main([str(folder.path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 1
+    assert "not published: " in capsys.readouterr().err
+    folder.mark_complete()
+    assert publish_main([str(folder.path), "--tracking-uri", "http://127.0.0.1:9"]) == 1  # nothing listens there
+    assert "unreachable" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        publish_main([str(tmp_path)])  # not an output folder
+    assert "not a pipeline output folder" in capsys.readouterr().err
