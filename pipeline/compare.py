@@ -6,6 +6,7 @@ the compared runs' mean MoRF/LeRF curves go into the sweep's parent run (``--par
 run named ``comparison``.
 """
 import argparse
+import os
 import sys
 from typing import Optional
 
@@ -30,9 +31,26 @@ COMPARISON_TAG = "comparison"
 ARTIFACT_DIR = "comparison"
 
 
+def search_runs(uri: str, **kwargs) -> pd.DataFrame:
+    """``mlflow.search_runs`` against ``uri``, leaving the process's tracking URI (and its environment) as it was.
+
+    The fluent API reads the process-wide URI, and setting it also exports ``MLFLOW_TRACKING_URI`` to every
+    subprocess started later; this sets it only for the search.
+    """
+    import mlflow
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.search_runs(**kwargs)
+    finally:
+        mlflow.set_tracking_uri(None)
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
 def find_runs(uri: str, experiment: str, parent: Optional[str] = None, filter_string: str = "") -> pd.DataFrame:
     """Finished runs of ``experiment`` (children of ``parent`` when given) that have an SRG, best first."""
-    import mlflow
     from mlflow import MlflowClient
 
     if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
@@ -42,8 +60,7 @@ def find_runs(uri: str, experiment: str, parent: Optional[str] = None, filter_st
         clauses.append(f"tags.mlflow.parentRunId = '{parent}'")
     if filter_string:
         clauses.append(filter_string)
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=" and ".join(clauses))
+    runs = search_runs(uri, experiment_names=[experiment], filter_string=" and ".join(clauses))
     if runs.empty or COLUMNS["srg"] not in runs:
         return pd.DataFrame(columns=list(COLUMNS))
     runs = runs[runs[COLUMNS["srg"]].notna()]

@@ -13,6 +13,7 @@ from typing import Optional
 
 import pandas as pd
 
+from pipeline.compare import search_runs
 from pipeline.exit_codes import ExitCode, UsageParser
 from pipeline.tracking import resolve_tracking_uri
 
@@ -49,13 +50,12 @@ class Verdict:
 
 def scheduled_runs(uri: str, experiment: str, schedule: str) -> pd.DataFrame:
     """Finished runs tagged ``schedule=<schedule>`` that carry an SRG and a config hash, newest first."""
-    import mlflow
     from mlflow import MlflowClient
 
     if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
         raise ValueError(f"no experiment named {experiment!r} at {uri}: check --experiment and --tracking-uri")
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(
+    runs = search_runs(
+        uri,
         experiment_names=[experiment],
         filter_string=f"attributes.status = 'FINISHED' and tags.schedule = '{schedule}'",
         order_by=["attributes.start_time DESC"],

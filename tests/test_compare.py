@@ -1,5 +1,6 @@
 """``pipeline.compare`` on runs logged by the test with MLflow's client (values chosen by the test)."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,17 @@ def test_unknown_experiment_and_no_runs_are_clear(tracking, capsys):
     assert "no experiment named 'nope'" in capsys.readouterr().err
     assert main(["--tracking-uri", uri, "--experiment", EXPERIMENT]) == 1
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_searching_leaves_the_process_tracking_uri_alone(tracking, monkeypatch):
+    import mlflow
+
+    uri, client, eid = tracking
+    log_run(client, eid, "gradient", "none", 0.1, [1.0, 0.5], [1.0, 0.9])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///somewhere-else.db")
+    assert len(find_runs(uri, EXPERIMENT)) == 1
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///somewhere-else.db"  # subprocesses inherit this
+    assert mlflow.get_tracking_uri() == "sqlite:///somewhere-else.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    find_runs(uri, EXPERIMENT)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
