@@ -119,6 +119,7 @@ def merge(shards: ShardSet) -> RunFolder:
     previous = merged.start(manifest, OmegaConf.to_yaml(config))
     if previous["shard_run_keys"] != manifest["shard_run_keys"]:
         raise ValueError(f"{merged.path} merged other runs of these shards (recomputed since); delete it and merge again")
+    _adopt_sweep_parent(shards, merged)
     if merged.is_complete:
         return merged
 
@@ -130,6 +131,19 @@ def merge(shards: ShardSet) -> RunFolder:
     merged.mark_complete()
     log.info("merged %d shards of %s into %s", shards.num_shards, shards.config_folder, merged.path)
     return merged
+
+
+def _adopt_sweep_parent(shards: ShardSet, merged: RunFolder) -> None:
+    """The merged run goes under the sweep parent run of the latest shard job (``pipeline.sweep``), if any."""
+    from pipeline.sweep import PARENT_FILE
+
+    records = [shards.folder(i).path / PARENT_FILE for i in range(shards.num_shards)]
+    records = [r for r in records if r.exists()]
+    if records:
+        latest = max(records, key=lambda r: r.stat().st_mtime)
+        atomic_write(merged.path / PARENT_FILE, lambda f: f.write(latest.read_bytes()))
+    else:
+        (merged.path / PARENT_FILE).unlink(missing_ok=True)
 
 
 def _check_parts(shards: ShardSet, manifests: list[dict], configs: list[DictConfig]) -> None:

@@ -137,7 +137,7 @@ def runs_of(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("scale")
     runs = client.search_runs([experiment.experiment_id]) if experiment else []
-    return client, [r for r in runs if r.data.tags.get("sweep") != "true"]  # not a sweep's parent run
+    return client, [r for r in runs if r.data.tags.get("sweep") != "true"]  # not the sweep's parent run
 
 
 RAY = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None
@@ -157,6 +157,8 @@ def test_three_shard_multirun_ends_in_one_merged_run_equal_to_the_unsharded_run(
     assert len(runs) == 1, "shard jobs must not publish; the merge publishes one run"
     (run,) = runs
     assert run.data.tags["shards"] == "3" and run.info.status == "FINISHED"
+    (parent,) = [r for r in client.search_runs([run.info.experiment_id]) if r.data.tags.get("sweep") == "true"]
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id  # a child of the sweep, like unsharded jobs
     (shards,) = find_shard_sets(tmp_path / "out")
     assert run.data.tags["run_key"] == shards.merged.manifest["run_key"]
     assert_same_results(shards.merged, unsharded_reference)
