@@ -9,6 +9,7 @@ import shlex
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -34,8 +35,10 @@ def resolve_tracking_uri(uri: Optional[str] = None) -> str:
 
 
 def publish_command(folder: RunFolder, uri: str, experiment: str) -> str:
-    """The one command that publishes ``folder`` later."""
-    args = ["python", "-m", "pipeline.publish", str(folder.path), "--tracking-uri", uri, "--experiment", experiment]
+    """The one command that publishes ``folder`` later (paths made absolute, so it works from any directory)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    args = ["python", "-m", "pipeline.publish", str(folder.path.resolve()), "--tracking-uri", uri, "--experiment", experiment]
     return " ".join(shlex.quote(a) for a in args)
 
 
