@@ -16,7 +16,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 #: Config sections that say where results go, not what they are: left out of the run's identity.
-NOT_IN_IDENTITY = ("hydra", "tracking")
+NOT_IN_IDENTITY = ("hydra", "tracking", "output_root")
 #: Dataset keys that say which part of the work a job does: all shards (and their merge) share one identity.
 SHARDING_KEYS = ("num_shards", "shard")
 
@@ -172,7 +172,7 @@ def register_configs() -> None:
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """A short digest of everything that decides the results (all but ``hydra`` and ``tracking``)."""
+    """A short digest of everything that decides the results (all but ``NOT_IN_IDENTITY`` and the sharding keys)."""
     identity = {}
     for key in cfg:
         if key in NOT_IN_IDENTITY:

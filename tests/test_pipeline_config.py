@@ -103,7 +103,8 @@ def test_appended_unknown_keys_and_missing_values_fail_in_validate():
 def test_config_hash_names_the_results_not_their_destination():
     base = config_hash(make_cfg())
     assert base == config_hash(make_cfg())
-    assert base == config_hash(make_cfg(["tracking.uri=http://elsewhere:5000", "tracking.experiment=other"]))
+    assert base == config_hash(make_cfg(["tracking.uri=http://elsewhere:5000", "tracking.experiment=other",
+                                         "output_root=/elsewhere"]))
     assert base != config_hash(make_cfg(["dataset.limit=10"]))
     assert base != config_hash(make_cfg(["composite=epsilon_plus"]))
 
