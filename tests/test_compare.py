@@ -11,14 +11,17 @@ from PIL import Image
 
 from pipeline.compare import curves, find_runs, main
 
-EXPERIMENT = "cmp"
+@pytest.fixture(scope="module")
+def database(tmp_path_factory):
+    """One SQLite file for the module (creating MLflow's tables takes seconds); each test has its own experiment."""
+    return f"sqlite:///{tmp_path_factory.mktemp('compare') / 'mlflow.db'}"
 
 
 @pytest.fixture
-def tracking(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    return uri, client, client.create_experiment(EXPERIMENT)
+def tracking(database, request):
+    client = MlflowClient(tracking_uri=database)
+    experiment = request.node.name
+    return database, client, client.create_experiment(experiment), experiment
 
 
 def log_run(client, eid, method, composite, srg, morf, lerf, parent=None):
@@ -36,19 +39,19 @@ def log_run(client, eid, method, composite, srg, morf, lerf, parent=None):
 
 
 def test_ranks_by_srg_prints_and_logs_table_and_curves(tracking, tmp_path, capsys):
-    uri, client, eid = tracking
+    uri, client, eid, experiment = tracking
     parent = client.create_run(eid, run_name="sweep", tags={"sweep": "true"}).info.run_id
     low = log_run(client, eid, "gradient", "none", 0.10, [1.0, 0.6, 0.2], [1.0, 0.9, 0.8], parent)
     high = log_run(client, eid, "lrp", "epsilon_plus", 0.35, [1.0, 0.3, 0.1], [1.0, 0.95, 0.9], parent)
     log_run(client, eid, "smoothgrad", "none", 0.90, [1.0, 0.1, 0.0], [1.0, 1.0, 1.0])  # outside the sweep
 
-    table = find_runs(uri, EXPERIMENT, parent=parent)
+    table = find_runs(uri, experiment, parent=parent)
     assert table["run_id"].tolist() == [high, low]
     assert table.loc[0, "composite"] == "epsilon_plus" and table.loc[0, "samples"] == 8
     assert table.loc[1, "auc_morf"] == pytest.approx(0.45)
     np.testing.assert_allclose(curves(client, high)["morf"], [1.0, 0.3, 0.1])
 
-    assert main(["--tracking-uri", uri, "--experiment", EXPERIMENT, "--parent", parent, "--log"]) == 0
+    assert main(["--tracking-uri", uri, "--experiment", experiment, "--parent", parent, "--log"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "srg" in lines[0] and "aopc_morf" in lines[0]
     assert "lrp-epsilon_plus" in lines[2] and "gradient-none" in lines[3]  # header, "rank", then best first
@@ -62,33 +65,33 @@ def test_ranks_by_srg_prints_and_logs_table_and_curves(tracking, tmp_path, capsy
 
 
 def test_without_parent_compares_all_and_logs_a_comparison_run(tracking, capsys):
-    uri, client, eid = tracking
+    uri, client, eid, experiment = tracking
     a = log_run(client, eid, "gradient", "none", 0.1, [1.0, 0.5], [1.0, 0.9])
     b = log_run(client, eid, "smoothgrad", "none", 0.2, [1.0, 0.4], [1.0, 0.95])
-    assert main(["--tracking-uri", uri, "--experiment", EXPERIMENT, "--log", "--filter", "tags.method != 'x'"]) == 0
+    assert main(["--tracking-uri", uri, "--experiment", experiment, "--log", "--filter", "tags.method != 'x'"]) == 0
     comparison = client.search_runs([eid], "tags.comparison = 'true'")
     assert len(comparison) == 1 and comparison[0].info.status == "FINISHED"
-    assert find_runs(uri, EXPERIMENT)["run_id"].tolist() == [b, a]  # the comparison run has no SRG: not ranked
+    assert find_runs(uri, experiment)["run_id"].tolist() == [b, a]  # the comparison run has no SRG: not ranked
 
 
 def test_unknown_experiment_and_no_runs_are_clear(tracking, capsys):
-    uri, _, _ = tracking
+    uri, _, _, experiment = tracking
     with pytest.raises(SystemExit):
         main(["--tracking-uri", uri, "--experiment", "nope"])
     assert "no experiment named 'nope'" in capsys.readouterr().err
-    assert main(["--tracking-uri", uri, "--experiment", EXPERIMENT]) == 1
+    assert main(["--tracking-uri", uri, "--experiment", experiment]) == 1
     assert "no finished runs" in capsys.readouterr().err
 
 
 def test_searching_leaves_the_process_tracking_uri_alone(tracking, monkeypatch):
     import mlflow
 
-    uri, client, eid = tracking
+    uri, client, eid, experiment = tracking
     log_run(client, eid, "gradient", "none", 0.1, [1.0, 0.5], [1.0, 0.9])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///somewhere-else.db")
-    assert len(find_runs(uri, EXPERIMENT)) == 1
+    assert len(find_runs(uri, experiment)) == 1
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///somewhere-else.db"  # subprocesses inherit this
     assert mlflow.get_tracking_uri() == "sqlite:///somewhere-else.db"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    find_runs(uri, EXPERIMENT)
+    find_runs(uri, experiment)
     assert "MLFLOW_TRACKING_URI" not in os.environ

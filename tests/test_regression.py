@@ -9,16 +9,20 @@ from mlflow import MlflowClient
 from pipeline.exit_codes import ExitCode
 from pipeline.regression import check, main
 
-EXPERIMENT = "nightly"
 DAY = 24 * 3600 * 1000
 
 
+@pytest.fixture(scope="module")
+def database(tmp_path_factory):
+    """One SQLite file for the module (creating MLflow's tables takes seconds); each test has its own experiment."""
+    return f"sqlite:///{tmp_path_factory.mktemp('regression') / 'mlflow.db'}"
+
+
 @pytest.fixture
-def tracking(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment(EXPERIMENT)
-    return uri, client, experiment_id
+def tracking(database, request):
+    client = MlflowClient(tracking_uri=database)
+    experiment = request.node.name
+    return database, client, client.create_experiment(experiment), experiment
 
 
 def log_run(client, experiment_id, name, config_hash, srg, day, schedule="nightly", status="FINISHED"):
@@ -30,14 +34,14 @@ def log_run(client, experiment_id, name, config_hash, srg, day, schedule="nightl
 
 
 def test_planted_regression_is_flagged_tagged_and_fails(tracking, capsys):
-    uri, client, eid = tracking
+    uri, client, eid, experiment = tracking
     log_run(client, eid, "lrp-epsilon_plus", "aaa", 0.40, day=0)
     previous = log_run(client, eid, "lrp-epsilon_plus", "aaa", 0.42, day=1)
     dropped = log_run(client, eid, "lrp-epsilon_plus", "aaa", 0.30, day=2)  # drop 0.12 > 0.05
     log_run(client, eid, "gradient-none", "bbb", 0.20, day=1)
     steady = log_run(client, eid, "gradient-none", "bbb", 0.19, day=2)  # drop 0.01: within the threshold
 
-    assert main(["--tracking-uri", uri, "--experiment", EXPERIMENT, "--threshold", "0.05"]) == ExitCode.REGRESSION
+    assert main(["--tracking-uri", uri, "--experiment", experiment, "--threshold", "0.05"]) == ExitCode.REGRESSION
     out = capsys.readouterr().out
     assert "1 of 2 config(s) regressed" in out and "REGRESSION" in out
 
@@ -50,45 +54,45 @@ def test_planted_regression_is_flagged_tagged_and_fails(tracking, capsys):
 
 
 def test_unchanged_rerun_and_first_run_pass(tracking):
-    uri, client, eid = tracking
+    uri, client, eid, experiment = tracking
     log_run(client, eid, "lrp-epsilon_plus", "aaa", 0.42, day=0)
     rerun = log_run(client, eid, "lrp-epsilon_plus", "aaa", 0.42, day=1)
     first = log_run(client, eid, "smoothgrad-none", "ccc", 0.10, day=1)
 
-    assert main(["--tracking-uri", uri, "--experiment", EXPERIMENT]) == ExitCode.OK
+    assert main(["--tracking-uri", uri, "--experiment", experiment]) == ExitCode.OK
     assert client.get_run(rerun).data.tags["regression"] == "false"
     first_tags = client.get_run(first).data.tags
     assert first_tags["regression"] == "false" and "regression.previous_run_id" not in first_tags
 
 
 def test_only_scheduled_finished_runs_of_the_same_config_count(tracking):
-    uri, client, eid = tracking
+    uri, client, eid, experiment = tracking
     log_run(client, eid, "lrp-epsilon_plus", "aaa", 0.90, day=0, schedule="manual")  # not scheduled
     log_run(client, eid, "lrp-epsilon_plus", "aaa", 0.90, day=1, status="FAILED")  # not finished
     log_run(client, eid, "lrp-epsilon_plus", "zzz", 0.90, day=1)  # another config (e.g. another subset)
     baseline = log_run(client, eid, "lrp-epsilon_plus", "aaa", 0.40, day=0)
     newest = log_run(client, eid, "lrp-epsilon_plus", "aaa", 0.39, day=2)
 
-    verdicts = {v.run_id: v for v in check(uri, EXPERIMENT, threshold=0.05)}
+    verdicts = {v.run_id: v for v in check(uri, experiment, threshold=0.05)}
     assert verdicts[newest].previous_run_id == baseline and not verdicts[newest].regressed
     assert verdicts[newest].drop == pytest.approx(0.01)
 
 
 def test_parent_limits_the_check_to_one_sweep(tracking):
-    uri, client, eid = tracking
+    uri, client, eid, experiment = tracking
     log_run(client, eid, "lrp-epsilon_plus", "aaa", 0.40, day=0)
     old_drop = log_run(client, eid, "lrp-epsilon_plus", "aaa", 0.10, day=1)  # judged on an earlier night
     parent = client.create_run(eid, run_name="sweep", tags={"sweep": "true", "schedule": "nightly"}).info.run_id
     child = log_run(client, eid, "gradient-none", "bbb", 0.20, day=2)
     client.set_tag(child, "mlflow.parentRunId", parent)
 
-    verdicts = check(uri, EXPERIMENT, threshold=0.05, parent=parent)
+    verdicts = check(uri, experiment, threshold=0.05, parent=parent)
     assert [v.run_id for v in verdicts] == [child] and not verdicts[0].regressed
     assert "regression" not in client.get_run(old_drop).data.tags
 
 
 def test_bad_usage_exits_64_not_2(tracking):
-    uri, _, _ = tracking
+    uri, _, _, _ = tracking
     with pytest.raises(SystemExit) as exited:
         main(["--tracking-uri", uri, "--experiment", "no-such-experiment"])
     assert exited.value.code == ExitCode.USAGE
