@@ -82,3 +82,21 @@ def test_basic_sweep_deferred_publish_lands_under_the_parent(tmp_path):
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent_id}
     assert {c.data.tags["output_dir"] for c in children} == {str(f.resolve()) for f in folders}
 
+
+
+def test_nightly_sweeps_every_method_and_every_lrp_composite_once():
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import CONF_DIR, run_name, validate
+    from pipeline.explain import COMPOSITES, METHODS, uses_composite
+
+    expected = {f"{m}-none" for m in METHODS if not uses_composite(m)} | {f"lrp-{c}" for c in COMPOSITES}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        nightly = compose(config_name="config", overrides=["experiment=nightly"], return_hydra_config=True)
+        swept = nightly.hydra.sweeper.params.explainer.split(",")
+        assert sorted(swept) == sorted(expected) and len(swept) == 9
+        assert nightly.hydra.mode.name == "MULTIRUN" and nightly.tracking.tags.schedule == "nightly"
+        for explainer in swept:
+            cfg = compose(config_name="config", overrides=["experiment=nightly", f"explainer={explainer}"])
+            validate(cfg)
+            assert run_name(cfg.method.name, cfg.composite.name) == explainer  # the pair is what the run is named
