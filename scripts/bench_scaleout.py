@@ -8,7 +8,8 @@ include everything: process start, model loading, explaining, scoring, and the m
 in one process with 2 torch threads (intra-op parallelism instead of shards) is timed too.
 
 Repeats alternate the variants; the table shows the minimum wall time of each (the least disturbed by other
-processes on a shared machine) and the speed-ups against 1 worker.
+processes on a shared machine) and the speed-ups against 1 worker. The load average printed with each timing
+says how many other runnable processes competed for the 2 cores: a speed-up needs them idle.
 
     python scripts/bench_scaleout.py [--repeats 2] [--method lrp] [--limit 360] [--batch-size 30]
 """
@@ -58,7 +59,8 @@ def main() -> None:
         for name, (overrides, threads) in variants.items():
             wall = timed_run(overrides, threads)
             best[name] = min(best[name], wall)
-            print(f"  repeat {repeat + 1}: {name}: {wall:.1f} s", flush=True)
+            load = os.getloadavg()[0]  # other processes on the machine take cores from the workers
+            print(f"  repeat {repeat + 1}: {name}: {wall:.1f} s (1-min load average after: {load:.1f})", flush=True)
     one = best["2 shards, joblib n_jobs=1 (1 thread)"]
     print(f"\n{'variant':45s} {'wall s':>8s} {'speed-up vs 1 worker':>21s}")
     for name, wall in best.items():
