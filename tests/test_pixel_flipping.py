@@ -113,6 +113,31 @@ def test_uniform_baseline_formula_and_seed():
     assert (other.curve[:, 1:] - result.curve[:, 1:]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("baseline", [0.5, "mean", "blur", "uniform"])
+@pytest.mark.parametrize("order", ["morf", "lerf"])
+@pytest.mark.parametrize("unit", ["pixel", "channel"])
+def test_every_unit_order_and_baseline_gives_the_linear_curve(unit, order, baseline):
+    generator = torch.Generator().manual_seed(4)
+    x = torch.rand(2, 3, 4, 4, generator=generator)
+    weight = torch.randn(3, 4, 4, generator=generator)
+    attribution = torch.randn(x.shape, generator=generator)
+    metric = PixelFlipping(features_in_step=2, baseline=baseline, unit=unit, order=order, softmax=False,
+                           blur_sigma=1.0, seed=5)
+    result = metric(linear_model(weight), x, attribution, 0)
+    values = make_baseline(baseline, x, seed=5, blur_sigma=1.0) if isinstance(baseline, str) else torch.full_like(
+        x, baseline
+    )
+    for n in range(2):
+        if unit == "pixel":  # pixels by summed relevance, each with its 3 channel values (flat index c * 16 + p)
+            pixels = torch.argsort(attribution[n].sum(0).flatten(), descending=order == "morf", stable=True)
+            flat, per_step = [int(p) + 16 * c for p in pixels for c in range(3)], 6
+        else:
+            flat = torch.argsort(attribution[n].flatten(), descending=order == "morf", stable=True).tolist()
+            per_step = 2
+        expected = expected_linear_curve(x[n], weight, values[n], flat, per_step)
+        torch.testing.assert_close(result.curve[n : n + 1], expected, atol=ATOL, rtol=0)
+
+
 def test_softmax_tracks_the_probability():
     # class 1 has logit 0, so the probability of class 0 is sigmoid(logit)
     result = curve(PixelFlipping(features_in_step=1, baseline=0.0, softmax=True))
