@@ -7,7 +7,7 @@ Side by side in one run on CPU, for the bundled digits CNN (16 digits, 1x32x32) 
   under ``torch.inference_mode`` (the floor no implementation can beat);
 - ours: ``PixelFlipping(...)(model, x, attribution, target)``, everything included (checks, ranking, building
   the perturbed inputs, softmax, gathering the scores);
-- quantus: ``quantus.PixelFlipping(...)`` on the same numpy arrays, one run (it is the slow one);
+- quantus: ``quantus.PixelFlipping(...)`` on the same numpy arrays, best of the repeats that fit in 60 s;
 - overhead: ours with a model that costs nothing (returns zeros), i.e. our own work beside the forward passes; its
   ratio to bare is a steadier estimate of ours / bare - 1 when other processes disturb the wall times.
 
@@ -54,6 +54,8 @@ def prebuilt_chunks(x, attribution, features_in_step, baseline, batch_size):
     perturbed = torch.stack([torch.where(flips <= s, torch.full_like(x, baseline), x) for s in range(1, steps + 1)], 1)
     perturbed = perturbed.reshape(n * steps, *x.shape[1:])
     return [x[i : i + batch_size] for i in range(0, n, batch_size)] + list(perturbed.split(batch_size)), steps
+
+QUANTUS_BUDGET_S = 60.0
 
 
 class Stub(nn.Module):
@@ -122,9 +124,12 @@ def main() -> None:
         if not args.skip_quantus:
             pf = quantus.PixelFlipping(features_in_step=k, perturb_baseline=baseline, disable_warnings=True,
                                        display_progressbar=False)
-            quantus_s = time_call(lambda: pf(model=model, x_batch=x.numpy(), y_batch=target.numpy(),
-                                             a_batch=attribution.numpy(), channel_first=True, device="cpu",
-                                             batch_size=args.batch_size))
+            runs = []
+            while len(runs) < args.repeats and sum(runs) < QUANTUS_BUDGET_S:
+                runs.append(time_call(lambda: pf(model=model, x_batch=x.numpy(), y_batch=target.numpy(),
+                                                 a_batch=attribution.numpy(), channel_first=True, device="cpu",
+                                                 batch_size=args.batch_size)))
+            quantus_s = min(runs)
         shape = "x".join(map(str, x.shape))
         print(f"{name:<11} {shape:<14} {steps:>5} {len(chunks):>8} {bare_s:>8.3f} {ours_s:>8.3f} "
               f"{quantus_s:>9.3f} {ours_s / bare_s:>9.3f} {quantus_s / ours_s:>12.2f} {overhead_s:>10.3f} "
