@@ -31,6 +31,8 @@ from evaluation import PixelFlipping
 from evaluation.ordering import flip_step, step_of_rank
 from pipeline.bundled import digits_split, load_default_model
 
+QUANTUS_BUDGET_S = 60.0  # repeat Quantus only while its runs add up to less than this
+
 
 def cases(only: str | None):
     if only != "resnet":
@@ -54,8 +56,6 @@ def prebuilt_chunks(x, attribution, features_in_step, baseline, batch_size):
     perturbed = torch.stack([torch.where(flips <= s, torch.full_like(x, baseline), x) for s in range(1, steps + 1)], 1)
     perturbed = perturbed.reshape(n * steps, *x.shape[1:])
     return [x[i : i + batch_size] for i in range(0, n, batch_size)] + list(perturbed.split(batch_size)), steps
-
-QUANTUS_BUDGET_S = 60.0
 
 
 class Stub(nn.Module):
