@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from pipeline.config import CONF_DIR, config_hash
 from pipeline.data import batch_plan, plan_index, select_samples
 from pipeline.explain import build_analyzer
-from pipeline.job import run_job
+from pipeline.job import KILL_AFTER_BATCHES_ENV, run_job
 from pipeline.merge import IncompleteShards, ShardSet, find_shard_sets, merge
 from pipeline.models import load_model
 
@@ -121,15 +121,16 @@ def unsharded_reference(tmp_path_factory):
     return run_job(make_cfg(SMALL + ["tracking.publish=false"]), folder)
 
 
-def multirun(tmp_path, *overrides, jobs=2):
-    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+def cli(tmp_path, *args, env=None):
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} | (env or {})
     env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.run", "-m", *overrides, f"output_root={tmp_path / 'out'}",
-         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment=scale"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    return subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def multirun(tmp_path, *overrides, env=None, check=True):
+    done = cli(tmp_path, "pipeline.run", "-m", *overrides, f"output_root={tmp_path / 'out'}",
+               f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment=scale", env=env)
+    assert done.returncode == 0 or not check, done.stderr[-3000:]
     return done
 
 
@@ -175,6 +176,26 @@ def test_three_shard_multirun_ends_in_one_merged_run_equal_to_the_unsharded_run(
     again = make_cfg(command[3:], hydra=True)
     assert again.hydra.run.dir == str(shards.folder(1).path.resolve())
     assert config_hash(again) == shards.merged.manifest["config_hash"] and again.dataset.shard == 1
+
+
+def test_a_failed_shard_is_named_with_its_rerun_command_and_rerunning_it_alone_completes_the_merge(tmp_path, unsharded_reference):
+    # Shard 0 holds batches 0 and 2, shard 1 batch 1: killing every job after its 2nd batch fails shard 0 only.
+    failed = multirun(tmp_path, "hydra/launcher=submitit_local", *SMALL, "dataset.num_shards=2", "dataset.shard=0,1",
+                      env={KILL_AFTER_BATCHES_ENV: "2"}, check=False)
+    assert failed.returncode != 0
+    (shards,) = find_shard_sets(tmp_path / "out")
+    assert shards.incomplete() == [0] and not (shards.merged.path / "COMPLETE").exists()
+    assert "shard(s) 0 of 2 missing or incomplete" in failed.stdout + failed.stderr
+    assert f"shard 0: {shards.rerun_command(0)}" in failed.stdout + failed.stderr
+    assert runs_of(tmp_path)[1] == []  # nothing published
+
+    command = shlex.split(shards.rerun_command(0))
+    assert cli(tmp_path, *command[2:]).returncode == 0  # `python -m pipeline.run ...` with this interpreter
+    merged = cli(tmp_path, "pipeline.merge", str(tmp_path / "out"))
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    (run,) = runs_of(tmp_path)[1]
+    assert run.data.tags["shards"] == "2"
+    assert_same_results(shards.merged, unsharded_reference)
 
 
 def test_parallel_jobs_on_one_sqlite_store_lose_no_run(tmp_path):
