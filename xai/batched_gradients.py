@@ -15,8 +15,8 @@ from xai.analyzer import check_output
 from xai.batchnorm_folding import fold_batchnorm
 from xai.targets import one_hot_at
 
-# points(first_step, stop_step) -> Tensor (stop_step - first_step, N, *sample_shape)
-PointMaker = Callable[[int, int], Tensor]
+# points(step, sample) -> the inputs for these (step, sample) index pairs, shape (len(step), *sample_shape)
+PointMaker = Callable[[Tensor, Tensor], Tensor]
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -36,8 +36,8 @@ def weighted_gradient_sum(
 ) -> Tensor:
     """``sum_s weights[s] * d model(points_s)[n, target[n]] / d points_s[n]`` for every sample n.
 
-    ``points(a, b)`` returns the inputs of steps a..b-1 for all N samples, shape (b - a, N, ...).
-    Steps are visited in order, so ``points`` may draw them lazily (e.g. seeded noise).
+    ``points(step, sample)`` returns the inputs for the given index pairs (one chunk, at most ``batch_size``).
+    Chunks visit the steps in increasing order, so ``points`` may draw them lazily (e.g. seeded noise).
     The step weight is folded into the backward seed, so each chunk costs one forward and one backward;
     the model runs with its BatchNorm folded into the layer before (same function, less work).
     """
@@ -47,13 +47,9 @@ def weighted_gradient_sum(
     total_grad: Tensor | None = None
     starts = range(0, total, batch_size)
     for start in tqdm(starts, desc=desc, leave=False, disable=None if len(starts) > 1 else True):
-        stop = min(start + batch_size, total)
-        first_step, stop_step = start // n, (stop - 1) // n + 1
-        block = points(first_step, stop_step)
-        chunk = block.reshape(-1, *block.shape[2:])[start - first_step * n : stop - first_step * n]
-        flat = torch.arange(start, stop, device=target.device)
-        sample, step = flat % n, flat // n
-        chunk = chunk.detach().requires_grad_(True)
+        flat = torch.arange(start, min(start + batch_size, total), device=target.device)
+        step, sample = flat // n, flat % n
+        chunk = points(step, sample).detach().requires_grad_(True)
         with torch.enable_grad():
             output = model(chunk)
             check_output(output)

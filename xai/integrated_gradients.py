@@ -93,10 +93,10 @@ class IntegratedGradients(Analyzer):
         baseline = resolve_baseline(self.baseline, x)
         output, resolved = predict(self.model, x, target)
         difference = x - baseline
-        points = self.points.to(device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
+        points = self.points.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
 
-        def path(first: int, stop: int) -> Tensor:
-            return baseline + points[first:stop] * difference
+        def path(step: Tensor, sample: Tensor) -> Tensor:
+            return baseline[sample] + points[step] * difference[sample]
 
         grad = weighted_gradient_sum(self.model, path, self.weights, resolved, self.batch_size, desc="IG")
         return difference * grad, output, resolved

@@ -78,8 +78,9 @@ class SmoothGrad(Analyzer):
         noise = NoiseDraws(x.shape[1:], seed, x.dtype, x.device)
         sigma = noise_sigma(x, self.noise_level)
 
-        def noisy(first: int, stop: int) -> Tensor:
-            return x + sigma * noise.steps(first, stop)[:, None]
+        def noisy(step: Tensor, sample: Tensor) -> Tensor:
+            first = int(step[0])
+            return x[sample] + sigma[sample] * noise.steps(first, int(step[-1]) + 1)[step - first]
 
         weights = torch.full((self.samples,), 1.0 / self.samples, dtype=torch.float64)
         grad = weighted_gradient_sum(self.model, noisy, weights, resolved, self.batch_size, desc="SmoothGrad")
