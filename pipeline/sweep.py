@@ -63,15 +63,11 @@ class MlflowSweep(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Runs in the job's process: record (or, outside a sweep, forget) the parent in the output folder."""
-        output_dir = Path(str(config.hydra.runtime.output_dir))
-        folders = [output_dir]
-        if config.dataset.num_shards > 1:  # shards publish nothing; their merged run comes from the config folder
-            folders.append(output_dir.parent)
-        for path in (folder / PARENT_FILE for folder in folders):
-            if self.parent_run_id:
-                write_json(path, self._record())
-            else:
-                path.unlink(missing_ok=True)  # a single run reusing a sweep's folder publishes without that parent
+        path = Path(str(config.hydra.runtime.output_dir)) / PARENT_FILE
+        if self.parent_run_id:
+            write_json(path, self._record())  # shard folders too: pipeline.merge hands it on to the merged run
+        else:
+            path.unlink(missing_ok=True)  # a single run reusing a sweep's folder publishes without that parent
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.parent_run_id:
