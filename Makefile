@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[test,slurm]'
 	touch $@
 
-.PHONY: install run test bench
+.PHONY: install run test bench nightly screenshots
 install: $(VENV)/.installed
 
 run: install
@@ -25,3 +25,10 @@ bench: install
 	$(BIN)/python scripts/bench_lrp.py
 	$(BIN)/python scripts/bench_evaluation.py
 	$(BIN)/python scripts/bench_pipeline.py
+
+nightly: install  # what cron/systemd run: lock, nightly sweep, regression check (exit codes in README)
+	$(BIN)/python -m pipeline.scheduled
+
+screenshots: install  # docs/mlflow_*.png: local mlflow server + headless chromium (apt: chromium chromium-driver)
+	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/python scripts/screenshot_mlflow_ui.py
