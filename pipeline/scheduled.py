@@ -20,9 +20,6 @@ from typing import Iterator, Optional
 
 from pipeline.exit_codes import ExitCode, UsageParser
 
-DEFAULT_LOCK = "outputs/nightly.lock"
-
-
 @contextmanager
 def exclusive_lock(path: Path) -> Iterator[bool]:
     """Yield True holding ``flock(path)``, or False at once when another process holds it."""
@@ -60,7 +57,7 @@ def parent_of_sweep(sweep_dir: Path) -> Optional[str]:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = UsageParser(prog="python -m pipeline.scheduled", description=__doc__.splitlines()[0],
                          epilog="Exit codes: 0 ok, 1 job failed, 2 regression, 64 usage, 75 locked.")
-    parser.add_argument("--lock", default=DEFAULT_LOCK, help=f"lock file (default {DEFAULT_LOCK})")
+    parser.add_argument("--lock", help="lock file (default <output root>/<experiment>.lock: outputs/nightly.lock)")
     parser.add_argument("--experiment", default="nightly")
     parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--output-root", default="outputs", help="sweeps go to <this>/<experiment>/<timestamp>")
@@ -70,10 +67,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threshold < 0:
         parser.error(f"--threshold must be >= 0, got {args.threshold}")
 
-    with exclusive_lock(Path(args.lock)) as acquired:
+    lock = Path(args.lock or Path(args.output_root) / f"{args.experiment}.lock")
+    with exclusive_lock(lock) as acquired:
         if not acquired:
-            holder = Path(args.lock).read_text().strip() or "?"
-            print(f"another scheduled run (pid {holder}) holds {args.lock}: not starting", file=sys.stderr)
+            holder = lock.read_text().strip() or "?"
+            print(f"another scheduled run (pid {holder}) holds {lock}: not starting", file=sys.stderr)
             return ExitCode.LOCKED
         return _run(args)
 
