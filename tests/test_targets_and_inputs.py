@@ -62,7 +62,8 @@ def test_batch_results_equal_per_sample_results(make, digits_model, digits_batch
     x = digits_batch[0]
     target = torch.tensor([3, 1, 4, 1, 5, 9])
     analyzer = make(digits_model)
-    torch.testing.assert_close(analyzer(x, target=target).attribution, per_sample(analyzer, x, target), rtol=1e-5, atol=1e-6)
+    batch = analyzer(x, target=target).attribution
+    torch.testing.assert_close(batch, per_sample(analyzer, x, target), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["SmoothGrad", "IntegratedGradients"])
