@@ -25,6 +25,7 @@ bench: install
 	$(BIN)/python scripts/bench_lrp.py
 	$(BIN)/python scripts/bench_evaluation.py
 	$(BIN)/python scripts/bench_pipeline.py
+	$(BIN)/python scripts/bench_scaleout.py
 
 nightly: install  # what cron/systemd run: lock, nightly sweep, regression check (exit codes in README)
 	$(BIN)/python -m pipeline.scheduled
