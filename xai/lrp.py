@@ -74,8 +74,10 @@ class _ProportionalSum(torch.autograd.Function):
         return (a * s).sum_to_size(a.shape), (b * s).sum_to_size(b.shape), None
 
 
-class _ResidualSums(TorchFunctionMode):
-    """During the LRP forward pass: turn additions of two activations into proportional sums."""
+class _RelevanceForward(TorchFunctionMode):
+    """During the LRP forward pass: additions of two activations become proportional sums, and in-place ops on
+    activations (``F.relu(x, inplace=True)``, ``x += y``) run out of place, because the rules keep their inputs.
+    The callers use the returned tensor (``+=`` rebinds the name), so the result is the same."""
 
     _ADD = {"add", "__add__", "__radd__", "add_", "__iadd__"}
 
@@ -85,13 +87,20 @@ class _ResidualSums(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if (getattr(func, "__name__", "") in self._ADD and len(args) == 2 and "out" not in kwargs
-                and torch.is_grad_enabled()):
+        name = getattr(func, "__name__", "")
+        if not torch.is_grad_enabled() or "out" in kwargs or not args:
+            return func(*args, **kwargs)
+        if name in self._ADD and len(args) == 2:
             a, b = args
             if isinstance(a, Tensor) and isinstance(b, Tensor) and a.requires_grad and b.requires_grad:
                 alpha = kwargs.get("alpha", 1)
-                # add_/+= become out-of-place: the caller rebinds the name to the returned tensor
                 return _ProportionalSum.apply(a, b if alpha == 1 else alpha * b, self.stabilizer)
+        if isinstance(args[0], Tensor) and args[0].requires_grad:
+            if kwargs.get("inplace") is True:  # F.relu(x, inplace=True) and friends
+                return func(*args, **{**kwargs, "inplace": False})
+            out_of_place = getattr(Tensor, name[:-1], None) if name.endswith("_") and name[0] != "_" else None
+            if out_of_place is not None:
+                return out_of_place(*args, **kwargs)
         return func(*args, **kwargs)
 
 
@@ -180,7 +189,7 @@ class LRP(Analyzer):
                 m.inplace = False
             handles = self._hooks(found)
             x = x.detach().requires_grad_(True)
-            with torch.enable_grad(), _ResidualSums(self.composite.stabilizer):
+            with torch.enable_grad(), _RelevanceForward(self.composite.stabilizer):
                 output = self.model(x)
         finally:
             for h in handles:
