@@ -9,6 +9,7 @@ from evaluation.baselines import check_baseline, make_baseline
 from evaluation.ordering import check_order, flip_step, flipped_fraction, number_of_steps, step_of_rank
 from evaluation.perturbation_curve import PerturbationResult, perturbation_curves
 from xai.analyzer import check_input
+from xai.model_guard import model_device
 from xai.targets import Target
 
 
@@ -27,7 +28,7 @@ def check_attribution(x: Tensor, attribution: Tensor) -> None:
     if not torch.isfinite(attribution).all():
         raise ValueError(
             "attribution contains NaN or Inf values, so it does not rank the features: "
-            "fix the explanation (e.g. a smaller epsilon-free rule) or replace them with torch.nan_to_num"
+            "fix the explanation (e.g. a larger LRP epsilon) or replace them with torch.nan_to_num"
         )
 
 
@@ -67,8 +68,9 @@ class PerturbationMetric(ABC):
         if x.dim() != 4:
             raise ValueError(f"input must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
         check_attribution(x, attribution)
-        step_of = self._step_of_rank(x)
-        relevance = self._unit_relevance(attribution.to(x.dtype), x)
+        step_of = step_of_rank(*self._schedule(x))
+        # rank where the model runs: one sort per sample on that device
+        relevance = self._unit_relevance(attribution.to(device=model_device(model), dtype=x.dtype), x)
         flips = [self._spread(flip_step(relevance, order, step_of), x) for order in orders]
         # a number stays a number: the engine fills it in without gathering a baseline tensor
         baseline = self.baseline if not isinstance(self.baseline, str) else make_baseline(
@@ -80,9 +82,6 @@ class PerturbationMetric(ABC):
         )
         fraction = flipped_fraction(step_of).to(device=x.device, dtype=x.dtype)
         return [PerturbationResult(c, fraction, target, order) for c, order in zip(curves, orders)]
-
-    def _step_of_rank(self, x: Tensor) -> Tensor:
-        return step_of_rank(*self._schedule(x))
 
     @abstractmethod
     def _schedule(self, x: Tensor) -> tuple[int, int | None, int | None, str]:
