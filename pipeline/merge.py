@@ -50,9 +50,10 @@ class ShardSet:
         """The command that (re)computes one shard into its folder, from the overrides its sweep gave the jobs."""
         overrides = next((f for f in self._overrides_files(shard) if f.exists()), None)
         given = list(OmegaConf.load(overrides)) if overrides else [f"dataset.num_shards={self.num_shards}"]
-        kept = [o for o in given if not o.startswith(("dataset.shard=", "hydra.run.dir="))]
+        kept = [o for o in given if not o.startswith(("dataset.shard=", "hydra.run.dir=", "hydra.mode="))]
         run_dir = self.folder(shard).path.resolve()
-        args = ["python", "-m", "pipeline.run", *kept, f"dataset.shard={shard}", f"hydra.run.dir={run_dir}"]
+        one_job = ["hydra.mode=RUN", f"hydra.run.dir={run_dir}"]  # even when an experiment preset sets MULTIRUN
+        args = ["python", "-m", "pipeline.run", *kept, f"dataset.shard={shard}", *one_job]
         return " ".join(shlex.quote(a) for a in args)
 
     def _overrides_files(self, shard: int) -> list[Path]:
