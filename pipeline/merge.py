@@ -49,7 +49,8 @@ class ShardSet:
     def rerun_command(self, shard: int) -> str:
         """The command that (re)computes one shard into its folder, from the overrides its sweep gave the jobs."""
         overrides = next((f for f in self._overrides_files(shard) if f.exists()), None)
-        given = list(OmegaConf.load(overrides)) if overrides else [f"dataset.num_shards={self.num_shards}"]
+        unknown = ["<this config's overrides>", f"dataset.num_shards={self.num_shards}"]  # shards run without Hydra
+        given = list(OmegaConf.load(overrides)) if overrides else unknown
         kept = [o for o in given if not o.startswith(("dataset.shard=", "hydra.run.dir=", "hydra.mode="))]
         run_dir = self.folder(shard).path.resolve()
         one_job = ["hydra.mode=RUN", f"hydra.run.dir={run_dir}"]  # even when an experiment preset sets MULTIRUN
