@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from math import nan
 
 import torch
 import torchvision
@@ -110,7 +111,7 @@ def memory(model_name: str, method: str, batch: int, size: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["mb"]
 
 
-def bench_model(model_name: str, batch: int, size: int, repeats: int, zennit: bool) -> list[dict]:
+def bench_model(model_name: str, batch: int, size: int, repeats: int, zennit: bool, with_memory: bool) -> list[dict]:
     model, x = build(model_name, batch, size)
     methods = ["gradient"] + [f"ours:{c}" for c in COMPOSITES] + ([f"zennit:{c}" for c in COMPOSITES] if zennit else [])
     runners = {m: make_runner(m, model, model_name) for m in methods}
@@ -126,21 +127,22 @@ def bench_model(model_name: str, batch: int, size: int, repeats: int, zennit: bo
     median = {m: statistics.median(t) for m, t in times.items()}
     tqdm.write(f"{model_name} median seconds: " + ", ".join(f"{m} {t:.3f}" for m, t in median.items()))
     measured = [m for m in methods if not m.startswith("zennit")] + ([f"zennit:{COMPOSITES[0]}"] if zennit else [])
+    measured = measured if with_memory else []
     mem = {m: memory(model_name, m, batch, size) for m in tqdm(measured, desc=f"{model_name} memory", leave=False)}
     rows = []
     for c in COMPOSITES:
         row = {
             "model": model_name, "composite": c,
             "ours_over_gradient": median[f"ours:{c}"] / median["gradient"],
-            "mem_ours_over_gradient": mem[f"ours:{c}"] / mem["gradient"],
+            "mem_ours_over_gradient": mem.get(f"ours:{c}", nan) / mem.get("gradient", nan),
             "gradient_s": median["gradient"], "ours_s": median[f"ours:{c}"],
-            "gradient_mb": mem["gradient"], "ours_mb": mem[f"ours:{c}"],
+            "gradient_mb": mem.get("gradient", nan), "ours_mb": mem.get(f"ours:{c}", nan),
         }
         if zennit:
             row.update({
                 "zennit_over_ours": median[f"zennit:{c}"] / median[f"ours:{c}"],
                 "zennit_over_gradient": median[f"zennit:{c}"] / median["gradient"],
-                "zennit_s": median[f"zennit:{c}"], "zennit_mb": mem.get(f"zennit:{c}", float("nan")),
+                "zennit_s": median[f"zennit:{c}"], "zennit_mb": mem.get(f"zennit:{c}", nan),
             })
         rows.append(row)
     return rows
@@ -153,6 +155,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-zennit", action="store_true", help="skip Zennit (faster)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--memory-child", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -162,18 +165,16 @@ def main() -> None:
           f"{args.repeats} repeats, load average at start {os.getloadavg()[0]:.2f}")
     rows = []
     for model_name in args.models:
-        rows += bench_model(model_name, args.batch, args.size, args.repeats, not args.no_zennit)
-    header = ("| model | composite | ours / gradient (time) | floor | Zennit / ours (time) | Zennit / gradient (time) "
-              "| peak memory ours / gradient | Zennit memory / gradient |")
-    print(header)
+        rows += bench_model(model_name, args.batch, args.size, args.repeats, not args.no_zennit, not args.no_memory)
+    print("| model | composite | ours / gradient (time) | floor | Zennit / ours (time) | Zennit / gradient (time) "
+          "| peak memory ours / gradient | Zennit memory / gradient |")
     print("|---" * 8 + "|")
     for row in rows:
-        z = row.get("zennit_over_ours")
+        zennit_cells = (f"{row['zennit_over_ours']:.2f}x | {row['zennit_over_gradient']:.2f}x"
+                        if "zennit_over_ours" in row else "- | -")
         print(f"| {row['model']} | {row['composite']} | {row['ours_over_gradient']:.2f}x | <= {FLOORS[row['composite']]}x "
-              f"| {z:.2f}x | {row['zennit_over_gradient']:.2f}x | {row['mem_ours_over_gradient']:.2f}x "
-              f"| {row['zennit_mb'] / row['gradient_mb']:.2f}x |" if z is not None else
-              f"| {row['model']} | {row['composite']} | {row['ours_over_gradient']:.2f}x | <= {FLOORS[row['composite']]}x "
-              f"| - | - | {row['mem_ours_over_gradient']:.2f}x | - |")
+              f"| {zennit_cells} | {row['mem_ours_over_gradient']:.2f}x "
+              f"| {row.get('zennit_mb', nan) / row['gradient_mb']:.2f}x |")
     for model_name in args.models:
         r = next(r for r in rows if r["model"] == model_name)
         print(f"{model_name}: gradient {r['gradient_s']:.3f} s, {r['gradient_mb']:.0f} MB above the model and input")

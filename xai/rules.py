@@ -210,12 +210,11 @@ class GammaRule(LinearRule):
             return grad.mul_(x)
         w_down, b_down = self._boosted(layer, False)
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        z_up = layer.forward(xp, w_up, b_up) + layer.forward(xn, w_down)
-        z_down = layer.forward(xp, w_down, b_down) + layer.forward(xn, w_up)
-        s_up = _share(relevance * (sign > 0), z_up, eps)
-        s_down = _share(relevance * (sign < 0), z_down, eps)
-        return (xp * (layer.transpose(s_up, w_up, x) + layer.transpose(s_down, w_down, x))
-                + xn * (layer.transpose(s_up, w_down, x) + layer.transpose(s_down, w_up, x)))
+        s_up = _share(relevance * (sign > 0), layer.forward_sum([xp, xn], [w_up, w_down], b_up), eps)
+        s_down = _share(relevance * (sign < 0), layer.forward_sum([xp, xn], [w_down, w_up], b_down), eps)
+        up_p, up_n = layer.transpose_each(s_up, [w_up, w_down], x)
+        down_p, down_n = layer.transpose_each(s_down, [w_down, w_up], x)
+        return xp * (up_p + down_p) + xn * (up_n + down_n)
 
 
 def _positive_part(layer: AffineLayer) -> tuple[Tensor, Tensor | None]:
@@ -258,11 +257,14 @@ class AlphaBetaRule(LinearRule):
             return grad.mul_(x)
         wn, bn = _negative_part(layer)
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        s_pos = _share(relevance, layer.forward(xp, wp, bp) + layer.forward(xn, wn), eps)
-        s_neg = _share(relevance, layer.forward(xp, wn, bn) + layer.forward(xn, wp), eps)
-        positive = xp * layer.transpose(s_pos, wp, x) + xn * layer.transpose(s_pos, wn, x)
-        negative = xp * layer.transpose(s_neg, wn, x) + xn * layer.transpose(s_neg, wp, x)
-        return self.alpha * positive - self.beta * negative
+        s_pos = _share(relevance, layer.forward_sum([xp, xn], [wp, wn], bp), eps)
+        pos_p, pos_n = layer.transpose_each(s_pos, [wp, wn], x)
+        positive = xp * pos_p + xn * pos_n
+        if not self.beta:
+            return positive.mul_(self.alpha)
+        s_neg = _share(relevance, layer.forward_sum([xp, xn], [wn, wp], bn), eps)
+        neg_p, neg_n = layer.transpose_each(s_neg, [wn, wp], x)
+        return self.alpha * positive - self.beta * (xp * neg_p + xn * neg_n)
 
 
 class ZPlusRule(AlphaBetaRule):
@@ -301,13 +303,12 @@ class ZBoxRule(LinearRule):
         return bound.expand_as(x)
 
     def relevance(self, layer, x, extra, relevance):
-        weight, bias = layer.params
-        (wp, bp), (wn, bn) = _positive_part(layer), _negative_part(layer)
+        weights = layer.derived("zbox", lambda w, b: [w, -w.clamp(min=0), -w.clamp(max=0)])
         low, high = self._bound(self.low, x), self._bound(self.high, x)
-        z = layer.forward(x, weight, bias) - (layer.forward(low, wp, bp) + layer.forward(high, wn, bn))
-        s = relevance / self.modify_denominator(z)
-        return x * layer.transpose(s, weight, x) - (
-            low * layer.transpose(s, wp, x) + high * layer.transpose(s, wn, x))
+        # W x + b - (W+ low + b+) - (W- high + b-): the biases cancel exactly (b = b+ + b-)
+        s = _share(relevance, layer.forward_sum([x, low, high], weights), self.stabilizer)
+        on_x, on_low, on_high = layer.transpose_each(s, weights, x)
+        return on_x.mul_(x).add_(on_low.mul_(low)).add_(on_high.mul_(high))
 
 
 class WSquareRule(LinearRule):
