@@ -4,7 +4,8 @@ Both runs are the real CLI (``python -m pipeline.run -m hydra/launcher=joblib hy
 dataset.num_shards=2 dataset.shard=0,1 ...``), each into a fresh output folder (nothing resumed), and
 include everything: process start, model loading, explaining, scoring, and the merge at the end
 (publishing is off, so the tracking store does not enter the timing). Every process runs one torch thread
-(``OMP_NUM_THREADS=1``), so the comparison is one core against two. For context, the same config unsharded
+(``OMP_NUM_THREADS=1``), so the comparison is one core against two. Note that joblib runs ``n_jobs=1`` inside
+the launching process (no worker to start), while ``n_jobs=2`` first starts two workers that import torch. For context, the same config unsharded
 in one process with 2 torch threads (intra-op parallelism instead of shards) is timed too.
 
 Repeats alternate the variants; the table shows the minimum wall time of each (the least disturbed by other
