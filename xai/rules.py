@@ -164,8 +164,11 @@ class ZeroRule(EpsilonRule):
 
 
 def _share(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
-    """relevance / stabilize(z, epsilon), computed in the storage of the temporary ``z`` (same rounding)."""
-    z.add_((z >= 0).to(z.dtype).mul_(2 * epsilon).sub_(epsilon))
+    """relevance / stabilize(z, epsilon), computed in the storage of the temporary ``z`` in three passes.
+
+    ``copysign`` gives -0.0 the shift -epsilon where Zennit gives +epsilon; the relevance there is 0 after a ReLU.
+    """
+    z.add_(torch.full((), epsilon, dtype=z.dtype, device=z.device).copysign(z))
     return torch.div(relevance, z, out=z)
 
 
@@ -202,10 +205,11 @@ class GammaRule(LinearRule):
         eps = self.stabilizer
         w_up, b_up = self._boosted(layer, True)
         if _nonnegative(x):
-            grad = layer.transpose(_share(relevance, layer.forward(x, w_up, b_up), eps).mul_(sign > 0), w_up, x)
-            r_down = relevance * (sign < 0)
-            if r_down.any():  # zero when the layer above keeps only z > 0 (a ReLU): skip the second pass
+            r_up = relevance * (sign > 0)
+            grad = layer.transpose(_share(r_up, layer.forward(x, w_up, b_up), eps), w_up, x)
+            if not torch.equal(r_up, relevance):  # after a ReLU the relevance sits on z > 0 only: no second pass
                 w_down, b_down = self._boosted(layer, False)
+                r_down = relevance * (sign < 0)
                 grad += layer.transpose(_share(r_down, layer.forward(x, w_down, b_down), eps), w_down, x)
             return grad.mul_(x)
         w_down, b_down = self._boosted(layer, False)
