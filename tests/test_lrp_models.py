@@ -338,7 +338,7 @@ def test_custom_rules_by_overriding_hooks_equal_the_presets(digits_model_f64, di
                                attribution(GammaRule(gamma=0.25), EpsilonRule(epsilon=0.1)), rtol=1e-9, atol=1e-12)
 
 
-def test_custom_composite_from_building_blocks(vgg_model=None):
+def test_custom_composite_from_building_blocks():
     model = torchvision.models.vgg11(weights=None).eval()
     composite = Composite(
         FirstLayer(nn.Conv2d, FlatRule()),
