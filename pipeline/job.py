@@ -8,10 +8,11 @@ import hashlib
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, sleep
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from pipeline.explain import build_analyzer, effective_composite
 from pipeline.models import load_model, resolve_device
 from pipeline.report import summarize
 from pipeline.results import RunFolder
-from pipeline.tracking import publish, publish_command, resolve_tracking_uri
+from pipeline.tracking import TrackingUnavailable, publish, publish_command, resolve_tracking_uri
 from xai.model_guard import model_device
 
 log = logging.getLogger(__name__)
@@ -182,16 +183,30 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
     return folder
 
 
+#: Publishing attempts before giving up: parallel jobs on one SQLite store can hit "database is locked".
+PUBLISH_ATTEMPTS = 4
+
+
 def publish_or_explain(folder: RunFolder, uri: str, experiment: str, tags: dict[str, str]) -> str | None:
-    """Publish; when the tracking server fails, keep the local results and say how to publish them later."""
-    try:
-        run_id = publish(folder, uri, experiment, tags)
-    except Exception as error:  # any tracking failure (server down, DB locked, ...) keeps the local results
-        log.warning(
-            "could not publish to MLflow (%s). The results are safe in %s; publish them later with:\n  %s",
-            error, folder.path, publish_command(folder, uri, experiment),
-        )
-        return None
+    """Publish; when the tracking server fails, keep the local results and say how to publish them later.
+
+    A transient failure (a locked SQLite file under parallel jobs) is retried: publishing is idempotent, so a
+    half-logged run from a failed attempt is replaced, never duplicated. An unreachable server is not retried.
+    """
+    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        try:
+            run_id = publish(folder, uri, experiment, tags)
+            break
+        except Exception as error:  # any tracking failure (server down, DB locked, ...) keeps the local results
+            if attempt < PUBLISH_ATTEMPTS and not isinstance(error, TrackingUnavailable):
+                log.info("publishing attempt %d failed (%s); retrying", attempt, error)
+                sleep(0.5 * 2**attempt + random.random())
+                continue
+            log.warning(
+                "could not publish to MLflow (%s). The results are safe in %s; publish them later with:\n  %s",
+                error, folder.path, publish_command(folder, uri, experiment),
+            )
+            return None
     log.info("published to %s, experiment %s, run %s", uri, experiment, run_id)
     return run_id
 
