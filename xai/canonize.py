@@ -110,16 +110,21 @@ class AffineLayer:
         dims = len(m.kernel_size)
         return torch.convolution(x, weight, bias, m.stride, self.padding, m.dilation, False, (0,) * dims, m.groups)
 
+    @property
+    def stackable(self) -> bool:
+        """Whether modified weights can be stacked along the channels into one call (not for grouped convs)."""
+        return not self.is_conv or self.module.groups == 1
+
     def forward_sum(self, xs: list[Tensor], weights: list[Tensor], bias: Tensor | None = None) -> Tensor:
         """sum_k W_k x_k + b in one call (inputs and weights stacked along the input features), as the
         sign-split rules need on a mixed-sign first layer, where a few wide calls beat many thin ones."""
-        if self.is_conv and self.module.groups != 1:
+        if not self.stackable:
             return sum(self.forward(x, w, bias if k == 0 else None) for k, (x, w) in enumerate(zip(xs, weights)))
         return self.forward(torch.cat(xs, dim=1 if self.is_conv else -1), torch.cat(weights, dim=1), bias)
 
     def transpose_each(self, g: Tensor, weights: list[Tensor], x: Tensor) -> list[Tensor]:
         """[W_k^T g for each k] in one call (the transpose of ``forward_sum``)."""
-        if self.is_conv and self.module.groups != 1:
+        if not self.stackable:
             return [self.transpose(g, w, x) for w in weights]
         dim = 1 if self.is_conv else -1
         stacked = torch.cat([x] * len(weights), dim=dim)
