@@ -1,5 +1,6 @@
 """What PixelFlipping and RegionPerturbation share: input checks, baseline, ranking once, the batched engine."""
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -32,21 +33,22 @@ def check_attribution(x: Tensor, attribution: Tensor) -> None:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
 class PerturbationMetric(ABC):
     """Flip units of the input in order of relevance and track the target score (the subclass defines the units).
 
-    Subclasses are frozen dataclasses with the fields ``baseline``, ``order``, ``softmax``, ``steps``,
-    ``batch_size``, ``seed``, ``blur_sigma`` and ``progress``.
+    The options every metric shares are keyword-only fields here; subclasses are frozen dataclasses that add their
+    own unit options (which come first, positionally).
     """
 
-    baseline: float | str
-    order: str
-    softmax: bool
-    steps: int | None
-    batch_size: int
-    seed: int
-    blur_sigma: float | None
-    progress: bool
+    baseline: float | str = 0.0
+    order: str = "morf"
+    softmax: bool = True
+    steps: int | None = None
+    batch_size: int = 64
+    seed: int = 0
+    blur_sigma: float | None = None
+    progress: bool = True
 
     def _check_options(self) -> None:
         check_baseline(self.baseline)

@@ -23,15 +23,7 @@ class PixelFlipping(PerturbationMetric):
     """
 
     features_in_step: int | None = None
-    baseline: float | str = 0.0
     unit: str = "pixel"
-    order: str = "morf"
-    softmax: bool = True
-    steps: int | None = None
-    batch_size: int = 64
-    seed: int = 0
-    blur_sigma: float | None = None
-    progress: bool = True
 
     def __post_init__(self):
         self._check_options()
