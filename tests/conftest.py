@@ -79,3 +79,19 @@ def resnet18_model_f64(resnet18_model) -> nn.Module:
 def resnet_input() -> torch.Tensor:
     """A small seeded input for ResNet18, shape (2, 3, 64, 64), standard normal like normalised images."""
     return torch.randn(RESNET_INPUT_SHAPE, generator=torch.Generator().manual_seed(RESNET_SEED))
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory, request):
+    """One SQLite tracking file per test module (creating MLflow's tables takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp(request.module.__name__.split('.')[-1]) / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tracking(database, request):
+    """(tracking uri, client, experiment id, experiment name): each test its own experiment in the module's store."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=database)
+    experiment = request.node.name
+    return database, client, client.create_experiment(experiment), experiment

@@ -5,23 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 from mlflow.entities import Metric
 from PIL import Image
 
 from pipeline.compare import curves, find_runs, main
-
-@pytest.fixture(scope="module")
-def database(tmp_path_factory):
-    """One SQLite file for the module (creating MLflow's tables takes seconds); each test has its own experiment."""
-    return f"sqlite:///{tmp_path_factory.mktemp('compare') / 'mlflow.db'}"
-
-
-@pytest.fixture
-def tracking(database, request):
-    client = MlflowClient(tracking_uri=database)
-    experiment = request.node.name
-    return database, client, client.create_experiment(experiment), experiment
 
 
 def log_run(client, eid, method, composite, srg, morf, lerf, parent=None):

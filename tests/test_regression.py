@@ -4,25 +4,11 @@ Each run is what a scheduled job logs: tags ``schedule``, ``config_hash``, a run
 ``faithfulness/srg``. Start times are set explicitly, so "previous" is unambiguous.
 """
 import pytest
-from mlflow import MlflowClient
 
 from pipeline.exit_codes import ExitCode
 from pipeline.regression import check, main
 
 DAY = 24 * 3600 * 1000
-
-
-@pytest.fixture(scope="module")
-def database(tmp_path_factory):
-    """One SQLite file for the module (creating MLflow's tables takes seconds); each test has its own experiment."""
-    return f"sqlite:///{tmp_path_factory.mktemp('regression') / 'mlflow.db'}"
-
-
-@pytest.fixture
-def tracking(database, request):
-    client = MlflowClient(tracking_uri=database)
-    experiment = request.node.name
-    return database, client, client.create_experiment(experiment), experiment
 
 
 def log_run(client, experiment_id, name, config_hash, srg, day, schedule="nightly", status="FINISHED"):
