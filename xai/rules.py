@@ -163,13 +163,24 @@ class ZeroRule(EpsilonRule):
         return "ZeroRule()"
 
 
-def _share(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
-    """relevance / stabilize(z, epsilon), computed in the storage of the temporary ``z`` in three passes.
+def _stabilize_(z: Tensor, epsilon: float) -> Tensor:
+    """stabilize(z, epsilon) in the storage of the temporary ``z``.
 
-    ``copysign`` gives -0.0 the shift -epsilon where Zennit gives +epsilon; the relevance there is 0 after a ReLU.
+    One sign throughout (z+ after a ReLU) is one cheap reduction and one in-place pass, without the
+    activation-sized temporary of the mixed-sign case. There ``copysign`` gives -0.0 the shift -epsilon where
+    Zennit gives +epsilon; the relevance there is 0 after a ReLU.
     """
-    z.add_(torch.full((), epsilon, dtype=z.dtype, device=z.device).copysign(z))
-    return torch.div(relevance, z, out=z)
+    low, high = torch.aminmax(z)
+    if low >= 0:  # -0.0 >= 0 too: +epsilon, as Zennit's z >= 0
+        return z.add_(epsilon)
+    if high < 0:
+        return z.sub_(epsilon)
+    return z.add_(torch.full((), epsilon, dtype=z.dtype, device=z.device).copysign(z))
+
+
+def _share(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
+    """relevance / stabilize(z, epsilon), computed in the storage of the temporary ``z``."""
+    return torch.div(relevance, _stabilize_(z, epsilon), out=z)
 
 
 class GammaRule(LinearRule):
@@ -257,8 +268,9 @@ class AlphaBetaRule(LinearRule):
             dim = 1 if layer.is_conv else -1
             weight, bias, scaled = layer.derived((id(self), "stacked"), self._stacked)
             z = layer.forward(x, weight, bias)
-            z.add_(torch.full((), eps, dtype=z.dtype, device=z.device).copysign(z))
             halves = z.unflatten(dim, (2, -1))
+            for half in halves.unbind(dim - 1 if dim < 0 else dim):
+                _stabilize_(half, eps)
             torch.div(relevance.unsqueeze(dim - 1 if dim < 0 else dim), halves, out=halves)
             return layer.transpose(z, scaled, x).mul_(x)
         if _nonnegative(x):
