@@ -216,8 +216,12 @@ class GammaRule(LinearRule):
         eps = self.stabilizer
         w_up, b_up = self._boosted(layer, True)
         if _nonnegative(x):
-            r_up = relevance * (sign > 0)
-            grad = layer.transpose(_share(r_up, layer.forward(x, w_up, b_up), eps), w_up, x)
+            z_up = layer.forward(x, w_up, b_up)
+            # one float buffer for the stabiliser's shift, then for [z > 0] R: no temporaries, no bool * float
+            r_up = torch.copysign(torch.full((), eps, dtype=z_up.dtype, device=z_up.device), z_up)
+            z_up.add_(r_up)
+            r_up.copy_(sign > 0).mul_(relevance)
+            grad = layer.transpose(torch.div(r_up, z_up, out=z_up), w_up, x)
             if not torch.equal(r_up, relevance):  # after a ReLU the relevance sits on z > 0 only: no second pass
                 w_down, b_down = self._boosted(layer, False)
                 r_down = relevance * (sign < 0)
