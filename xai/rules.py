@@ -266,17 +266,6 @@ class AlphaBetaRule(LinearRule):
     def relevance(self, layer, x, extra, relevance):
         eps = self.stabilizer
         wp, bp = _positive_part(layer)
-        if _nonnegative(x) and self.beta and layer.stackable:
-            # z+ and z- from one convolution with stacked output channels [W+; W-], and
-            # alpha W+^T s+ - beta W-^T s- from one transposed call with [alpha W+; -beta W-]: two wide calls
-            dim = 1 if layer.is_conv else -1
-            weight, bias, scaled = layer.derived((id(self), "stacked"), self._stacked)
-            z = layer.forward(x, weight, bias)
-            halves = z.unflatten(dim, (2, -1))
-            for half in halves.unbind(dim - 1 if dim < 0 else dim):
-                _stabilize_(half, eps)
-            torch.div(relevance.unsqueeze(dim - 1 if dim < 0 else dim), halves, out=halves)
-            return layer.transpose(z, scaled, x).mul_(x)
         if _nonnegative(x):
             grad = layer.transpose(_share(relevance, layer.forward(x, wp, bp), eps), wp, x)
             if self.alpha != 1:
@@ -295,12 +284,6 @@ class AlphaBetaRule(LinearRule):
         s_neg = _share(relevance, layer.forward_sum([xp, xn], [wn, wp], bn), eps)
         neg_p, neg_n = layer.transpose_each(s_neg, [wn, wp], x)
         return self.alpha * positive - self.beta * (xp * neg_p + xn * neg_n)
-
-
-    def _stacked(self, weight, bias):
-        wp, wn = weight.clamp(min=0), weight.clamp(max=0)
-        stacked_bias = None if bias is None else torch.cat([bias.clamp(min=0), bias.clamp(max=0)])
-        return torch.cat([wp, wn]), stacked_bias, torch.cat([self.alpha * wp, -self.beta * wn])
 
 
 class ZPlusRule(AlphaBetaRule):
