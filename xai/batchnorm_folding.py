@@ -9,7 +9,8 @@ fx graph that shares every other module with it and owns only the new folded lay
 from collections import Counter
 
 from torch import Tensor, fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from xai.canonize import merge_batch_norm
 
 _FOLDABLE = {(nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d)}
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -21,9 +22,7 @@ class FoldedConv(nn.Module):
     def __init__(self, conv: nn.Module, norm: nn.Module):
         super().__init__()
         self.conv = conv  # only its configuration (stride, padding, ...) is used
-        self.weight, self.bias = fuse_conv_bn_weights(
-            conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
-        )
+        self.weight, self.bias = merge_batch_norm(conv.weight, conv.bias, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv._conv_forward(x, self.weight, self.bias)

@@ -34,6 +34,19 @@ def conv_padding(conv: nn.Module) -> tuple[int, ...] | None:
     return tuple(conv.padding)
 
 
+def merge_batch_norm(weight: Tensor, bias: Tensor | None, bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """(W, b) of a Linear/Conv followed by an eval-mode BatchNorm, as one layer: W * s, (b - mean) * s + beta.
+
+    s = gamma / sqrt(running_var + eps) per output channel; the result does not track gradients.
+    """
+    scale = (bn.running_var + bn.eps) ** 0.5
+    scale = (bn.weight.detach() if bn.weight is not None else torch.ones_like(scale)) / scale
+    shift = bn.bias.detach() if bn.bias is not None else torch.zeros_like(scale)
+    merged_weight = weight.detach() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    centred = -bn.running_mean if bias is None else bias.detach() - bn.running_mean
+    return merged_weight, centred * scale + shift
+
+
 class AffineLayer:
     """A Linear or Conv module (optionally with the BatchNorm that follows it) seen as z = W x + b.
 
@@ -79,15 +92,9 @@ class AffineLayer:
     def _merge(self) -> tuple[Tensor, Tensor | None]:
         weight = self.module.weight.detach()
         bias = None if self.module.bias is None else self.module.bias.detach()
-        bn = self.batch_norm
-        if bn is None:
+        if self.batch_norm is None:
             return weight, bias
-        scale = (bn.running_var + bn.eps) ** 0.5
-        scale = (bn.weight.detach() if bn.weight is not None else torch.ones_like(scale)) / scale
-        shift = bn.bias.detach() if bn.bias is not None else torch.zeros_like(scale)
-        merged_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-        centred = -bn.running_mean if bias is None else bias - bn.running_mean
-        return merged_weight, centred * scale + shift
+        return merge_batch_norm(weight, bias, self.batch_norm)
 
     def derived(self, key, make: Callable[[Tensor, Tensor | None], object]):
         """``make(weight, bias)`` on the merged parameters, computed once per parameter state."""
