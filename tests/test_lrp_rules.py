@@ -57,11 +57,12 @@ def zennit_relevance(layer: nn.Module, rule, x: torch.Tensor, relevance: torch.T
     return result
 
 
-def our_relevance(layer: nn.Module, rule, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
-    """The rule's backward step exactly as the engine calls it."""
+def our_relevance(layer: nn.Module, rule, x: torch.Tensor, relevance: torch.Tensor,
+                  output_kept: bool = False) -> torch.Tensor:
+    """The rule's backward step exactly as the engine calls it (``output_kept``: the output is a residual summand)."""
     with torch.no_grad():
         z = layer(x)
-    kept_input, extra = rule.remember(x, z if rule.uses_output else None)
+    kept_input, extra = rule.remember(x, z if rule.uses_output else None, output_kept)
     return rule.relevance(AffineLayer(layer), kept_input, extra, relevance)
 
 
@@ -86,6 +87,24 @@ def test_rule_equals_zennit(rule_name, layer_name, bias, sign):
     layer, x, relevance = make_case(layer_name, bias, sign)
     expected = zennit_relevance(layer, theirs(), x, relevance)
     assert_relative_close(our_relevance(layer, ours(), x, relevance), expected)
+
+
+@pytest.mark.parametrize("relevance_on", ["z>0", "all"])
+@pytest.mark.parametrize("sign", ["positive", "mixed"])
+@pytest.mark.parametrize("layer_name", ["linear", "conv2d", "conv2d-strided"])
+@pytest.mark.parametrize("output_kept", [False, True], ids=["sign-kept", "output-kept"])
+def test_gamma_paths_equal_zennit(output_kept, layer_name, sign, relevance_on):
+    """Gamma's shortcuts: relevance on z > 0 only (after a ReLU: one transpose), z_down from the kept output
+    (a residual summand), or from a second convolution (only the sign kept); also exact zeros of z (bias-free
+    layer on zero inputs), where Zennit drops the relevance."""
+    layer, x, relevance = make_case(layer_name, False, sign)
+    x[0] = 0.0  # z == 0 exactly on the first sample
+    with torch.no_grad():
+        z = layer(x)
+    if relevance_on == "z>0":
+        relevance = relevance * (z > 0)
+    expected = zennit_relevance(layer, zr.Gamma(), x, relevance)
+    assert_relative_close(our_relevance(layer, GammaRule(), x, relevance, output_kept), expected)
 
 
 def test_zbox_with_per_channel_bounds_equals_zennit():

@@ -21,7 +21,7 @@ from xai.canonize import BATCH_NORM_TYPES, AffineLayer
 from xai.composites import Composite, default_composite
 from xai.model_check import ADVICE, Trace, check_modules, trace
 from xai.errors import UnsupportedModelError
-from xai.rules import LinearRule, PassRule, Rule, stabilize
+from xai.rules import LinearRule, PassRule, Rule, stabilize_
 from xai.targets import Target, one_hot_at, resolve_target
 
 
@@ -29,16 +29,15 @@ class _LinearRelevance(torch.autograd.Function):
     """Forward: the layer's own output. Backward: the rule's relevance at the input, from what the rule kept."""
 
     @staticmethod
-    def forward(ctx, x, output, layer, rule):
-        z = layer.canonical_output(output) if rule.uses_output else None
-        ctx.save_for_backward(*rule.remember(x, z))
+    def forward(ctx, x, output, layer, rule, output_kept):
+        ctx.save_for_backward(*rule.remember(x, output if rule.uses_output else None, output_kept))
         ctx.layer, ctx.rule = layer, rule
         return output
 
     @staticmethod
     def backward(ctx, relevance):
         x, extra = ctx.saved_tensors
-        return ctx.rule.relevance(ctx.layer, x, extra, relevance), None, None, None
+        return ctx.rule.relevance(ctx.layer, x, extra, relevance), None, None, None, None
 
 
 class _ModuleRelevance(torch.autograd.Function):
@@ -70,8 +69,9 @@ class _ProportionalSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, relevance):
         a, b = ctx.saved_tensors
-        s = relevance / stabilize(a + b, ctx.stabilizer)
-        return (a * s).sum_to_size(a.shape), (b * s).sum_to_size(b.shape), None
+        total = stabilize_(a + b, ctx.stabilizer)
+        s = torch.div(relevance, total, out=total)
+        return (a * s).sum_to_size(a.shape), s.mul_(b).sum_to_size(b.shape), None
 
 
 class _RelevanceForward(TorchFunctionMode):
@@ -164,18 +164,22 @@ class LRP(Analyzer):
         merged_into = {bn: lin for lin, bn in found.merged.items()}
         handles = []
         for path, module in modules.items():
+            if path in merged_into:
+                continue  # part of its Linear/Conv's rule
+            rule = rules.get(path)
             if isinstance(module, BATCH_NORM_TYPES):
-                rule = rules.get(path) if path not in merged_into else None
-                rule = rule or PassRule()  # merged: identity; unmerged: Zennit's composites pass it too
-            else:
-                rule = rules.get(path)
+                rule = rule or PassRule()  # Zennit's composites pass a BatchNorm that follows no Linear/Conv
             if rule is None:
                 continue
-            if isinstance(rule, LinearRule):
-                bn = modules[found.merged[path]] if path in found.merged else None
-                handles.append(module.register_forward_hook(_linear_hook(self._affine(module, bn), rule)))
-            else:
+            if not isinstance(rule, LinearRule):
                 handles.append(module.register_forward_hook(_module_hook(rule)))
+            elif path in found.merged:
+                batch_norm = modules[found.merged[path]]
+                handles += _merged_hooks(module, batch_norm, self._affine(module, batch_norm), rule,
+                                         path in found.summed)
+            else:
+                handles.append(module.register_forward_hook(_linear_hook(self._affine(module, None), rule,
+                                                                         path in found.summed)))
         return handles
 
     def _attribute(self, x: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
@@ -202,11 +206,27 @@ class LRP(Analyzer):
         return relevance, output, resolved
 
 
-def _linear_hook(layer: AffineLayer, rule: LinearRule):
+def _linear_hook(layer: AffineLayer, rule: LinearRule, output_kept: bool):
     def hook(module, args, output):
-        return _LinearRelevance.apply(args[0], output.detach(), layer, rule)
+        return _LinearRelevance.apply(args[0], output.detach(), layer, rule, output_kept)
 
     return hook
+
+
+def _merged_hooks(linear: nn.Module, batch_norm: nn.Module, layer: AffineLayer, rule: LinearRule,
+                  output_kept: bool) -> list:
+    """Linear/Conv and its BatchNorm as one rule layer: the rule's input is the Linear/Conv's, its output the
+    BatchNorm's own (no recomputation); the BatchNorm runs outside the graph."""
+    inputs = []
+
+    def linear_hook(module, args, output):
+        inputs.append(args[0])
+        return output.detach()
+
+    def batch_norm_hook(module, args, output):
+        return _LinearRelevance.apply(inputs.pop(), output.detach(), layer, rule, output_kept)
+
+    return [linear.register_forward_hook(linear_hook), batch_norm.register_forward_hook(batch_norm_hook)]
 
 
 def _module_hook(rule: Rule):

@@ -19,9 +19,28 @@ from torch import Tensor, nn
 from xai.canonize import AffineLayer
 
 
+def _signed_epsilon(z: Tensor, epsilon: float) -> Tensor:
+    """+epsilon where z >= 0 (also at -0.0, as Zennit's ``z >= 0``), -epsilon where z < 0, as a new tensor.
+
+    Float arithmetic only: on CPU ``torch.where`` and bool masks mixed with floats are ~10x slower than a float pass.
+    """
+    return torch.sign(z).add_(0.5).sign_().mul_(epsilon)
+
+
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """Zennit's stabilizer: move z away from 0 by epsilon, keeping its sign (0 becomes +epsilon)."""
-    return torch.where(z >= 0, z + epsilon, z - epsilon)
+    return _signed_epsilon(z, epsilon).add_(z)
+
+
+def stabilize_(z: Tensor, epsilon: float) -> Tensor:
+    """stabilize(z, epsilon) in the storage of the temporary ``z``; one sign throughout (z+ after a ReLU) is one
+    cheap reduction and one in-place pass, without the activation-sized temporary of the mixed-sign case."""
+    low, high = torch.aminmax(z)
+    if low >= 0:  # -0.0 >= 0 too: +epsilon, as Zennit's z >= 0
+        return z.add_(epsilon)
+    if high < 0:
+        return z.sub_(epsilon)
+    return z.add_(_signed_epsilon(z, epsilon))
 
 
 def _positive(t: Tensor | None) -> Tensor | None:
@@ -119,8 +138,11 @@ class LinearRule(Rule):
 
         return layer.derived((id(self), "modified"), make)
 
-    def remember(self, x: Tensor, z: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """What the backward pass keeps: (input, extra); ``z`` is the output when ``uses_output``."""
+    def remember(self, x: Tensor, z: Tensor | None, z_kept: bool = False) -> tuple[Tensor, Tensor | None]:
+        """What the backward pass keeps: (input, extra); ``z`` is the output when ``uses_output``.
+
+        ``z_kept``: the graph keeps ``z`` anyway (it is a summand of a residual addition), so keeping it is free.
+        """
         return x, z
 
     def relevance(self, layer: AffineLayer, x: Tensor, extra: Tensor | None, relevance: Tensor) -> Tensor:
@@ -163,24 +185,9 @@ class ZeroRule(EpsilonRule):
         return "ZeroRule()"
 
 
-def _stabilize_(z: Tensor, epsilon: float) -> Tensor:
-    """stabilize(z, epsilon) in the storage of the temporary ``z``.
-
-    One sign throughout (z+ after a ReLU) is one cheap reduction and one in-place pass, without the
-    activation-sized temporary of the mixed-sign case. There ``copysign`` gives -0.0 the shift -epsilon where
-    Zennit gives +epsilon; the relevance there is 0 after a ReLU.
-    """
-    low, high = torch.aminmax(z)
-    if low >= 0:  # -0.0 >= 0 too: +epsilon, as Zennit's z >= 0
-        return z.add_(epsilon)
-    if high < 0:
-        return z.sub_(epsilon)
-    return z.add_(torch.full((), epsilon, dtype=z.dtype, device=z.device).copysign(z))
-
-
 def _share(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
     """relevance / stabilize(z, epsilon), computed in the storage of the temporary ``z``."""
-    return torch.div(relevance, _stabilize_(z, epsilon), out=z)
+    return torch.div(relevance, stabilize_(z, epsilon), out=z)
 
 
 class GammaRule(LinearRule):
@@ -189,7 +196,9 @@ class GammaRule(LinearRule):
     z_up = (W + g W+) x+ + (W + g W-) x- + b + g b+, z_down = (W + g W-) x+ + (W + g W+) x- + b + g b-;
     s_up = [z > 0] R / stab(z_up), s_down = [z < 0] R / stab(z_down);
     R_in = x+ * ((W + g W+)^T s_up + (W + g W-)^T s_down) + x- * ((W + g W-)^T s_up + (W + g W+)^T s_down).
-    With x >= 0 this is the classic x (W + g W+) / z. Only the sign of z is kept from the forward.
+    With x >= 0 this is the classic x (W + g W+) / z where relevance sits on z > 0 (after a ReLU), and
+    z_up + z_down = (2 + g) z gives z_down without a second convolution where z is kept anyway (a residual summand).
+    Otherwise only the sign of z is kept from the forward pass, one byte per output.
     """
 
     uses_output = True
@@ -200,40 +209,60 @@ class GammaRule(LinearRule):
         self.gamma = gamma
         self.stabilizer = stabilizer
 
-    def remember(self, x, z):
-        return x, torch.sign(z).to(torch.int8)
+    def remember(self, x, z, z_kept=False):
+        return x, (z if z_kept else torch.sign(z).to(torch.int8))
 
-    def _boosted(self, layer, positive: bool):
-        """W + gamma W+ and b + gamma b+ (positive) or W + gamma W- and b + gamma b-."""
+    def _boosted(self, layer, positive: bool, shift: float = 0.0) -> tuple[Tensor, Tensor | None]:
+        """(W + gamma W+, b + gamma b+ + shift) if ``positive``, else (W + gamma W-, b + gamma b- + shift)."""
         part = (lambda t: t.clamp(min=0)) if positive else (lambda t: t.clamp(max=0))
+        weight = layer.derived((id(self), positive), lambda w, b: w + self.gamma * part(w))
 
-        def make(weight, bias):
-            return weight + self.gamma * part(weight), None if bias is None else bias + self.gamma * part(bias)
+        def make_bias(w, b):
+            if b is None:
+                return torch.full((w.shape[0],), shift, dtype=w.dtype, device=w.device) if shift else None
+            return b + self.gamma * part(b) + shift
 
-        return layer.derived((id(self), positive), make)
+        return weight, layer.derived((id(self), positive, shift), make_bias)
 
-    def relevance(self, layer, x, sign, relevance):
+    def relevance(self, layer, x, kept, relevance):
+        if not _nonnegative(x):
+            return self._mixed_sign_input(layer, x, kept, relevance)
+        eps = self.stabilizer
+        w_up, b_up = self._boosted(layer, True, shift=eps)
+        r_up = _on_sign(kept, relevance, positive=True)
+        r_down = None
+        if kept.is_floating_point() or not torch.equal(r_up, relevance):  # after a ReLU: R sits on z > 0 only
+            r_down = _on_sign(kept, relevance, positive=False)
+        z_up = layer.forward(x, w_up, b_up)  # z_up + eps: > eps where z > 0, as z_up >= z for x >= 0
+        if r_down is not None:
+            w_down = self._boosted(layer, False)[0]
+            if kept.is_floating_point():  # eps - z_down = z_up + eps - (2 + gamma) z: no second convolution
+                den_down = torch.sub(z_up, kept, alpha=2 + self.gamma)
+            else:
+                den_down = layer.forward(x, *self._boosted(layer, False, shift=-eps)).neg_()
+            # eps - z_down > eps where z < 0; the clamps only keep 0 / 0 away from where the relevance is 0
+            minus_s_down = torch.div(r_down, den_down.clamp_(min=eps), out=den_down)
+        grad = layer.transpose(torch.div(r_up, z_up.clamp_(min=eps), out=z_up), w_up, x)
+        if r_down is not None:
+            grad -= layer.transpose(minus_s_down, w_down, x)
+        return grad.mul_(x)
+
+    def _mixed_sign_input(self, layer, x, kept, relevance):
         eps = self.stabilizer
         w_up, b_up = self._boosted(layer, True)
-        if _nonnegative(x):
-            z_up = layer.forward(x, w_up, b_up)
-            # one float buffer for the stabiliser's shift, then for [z > 0] R: no temporaries, no bool * float
-            r_up = torch.copysign(torch.full((), eps, dtype=z_up.dtype, device=z_up.device), z_up)
-            z_up.add_(r_up)
-            r_up.copy_(sign > 0).mul_(relevance)
-            grad = layer.transpose(torch.div(r_up, z_up, out=z_up), w_up, x)
-            if not torch.equal(r_up, relevance):  # after a ReLU the relevance sits on z > 0 only: no second pass
-                w_down, b_down = self._boosted(layer, False)
-                r_down = relevance * (sign < 0)
-                grad += layer.transpose(_share(r_down, layer.forward(x, w_down, b_down), eps), w_down, x)
-            return grad.mul_(x)
         w_down, b_down = self._boosted(layer, False)
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        s_up = _share(relevance * (sign > 0), layer.forward_sum([xp, xn], [w_up, w_down], b_up), eps)
-        s_down = _share(relevance * (sign < 0), layer.forward_sum([xp, xn], [w_down, w_up], b_down), eps)
+        s_up = _share(_on_sign(kept, relevance, True), layer.forward_sum([xp, xn], [w_up, w_down], b_up), eps)
+        s_down = _share(_on_sign(kept, relevance, False), layer.forward_sum([xp, xn], [w_down, w_up], b_down), eps)
         up_p, up_n = layer.transpose_each(s_up, [w_up, w_down], x)
         down_p, down_n = layer.transpose_each(s_down, [w_down, w_up], x)
         return xp * (up_p + down_p) + xn * (up_n + down_n)
+
+
+def _on_sign(kept: Tensor, relevance: Tensor, positive: bool) -> Tensor:
+    """[z > 0] R (``positive``) or [z < 0] R, from the kept z or its int8 sign, in float arithmetic only."""
+    sign = torch.sign(kept) if kept.is_floating_point() else kept.to(relevance.dtype)
+    return (sign.clamp_(min=0) if positive else sign.clamp_(max=0).neg_()).mul_(relevance)
 
 
 def _positive_part(layer: AffineLayer) -> tuple[Tensor, Tensor | None]:
@@ -358,5 +387,5 @@ class FlatRule(LinearRule):
 
 __all__ = [
     "AlphaBetaRule", "EpsilonRule", "FlatRule", "GammaRule", "LinearRule", "NormRule", "PassRule", "Rule",
-    "WSquareRule", "ZBoxRule", "ZPlusRule", "ZeroRule", "stabilize",
+    "WSquareRule", "ZBoxRule", "ZPlusRule", "ZeroRule", "stabilize", "stabilize_",
 ]
