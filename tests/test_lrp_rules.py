@@ -13,7 +13,8 @@ from torch import nn
 from xai import LRP
 from xai.canonize import AffineLayer
 from xai.rules import (
-    AlphaBetaRule, EpsilonRule, FlatRule, GammaRule, PassRule, WSquareRule, ZBoxRule, ZeroRule, ZPlusRule,
+    AlphaBetaRule, EpsilonRule, FlatRule, GammaRule, LayerOutput, PassRule, WSquareRule, ZBoxRule, ZeroRule,
+    ZPlusRule,
 )
 
 RTOL = 1e-5
@@ -58,12 +59,14 @@ def zennit_relevance(layer: nn.Module, rule, x: torch.Tensor, relevance: torch.T
 
 
 def our_relevance(layer: nn.Module, rule, x: torch.Tensor, relevance: torch.Tensor,
-                  output_kept: bool = False) -> torch.Tensor:
-    """The rule's backward step exactly as the engine calls it (``output_kept``: the output is a residual summand)."""
+                  rectified: bool = False) -> torch.Tensor:
+    """The rule's backward step exactly as the engine calls it (``rectified``: a ReLU consumed the output)."""
     with torch.no_grad():
         z = layer(x)
-    kept_input, extra = rule.remember(x, z if rule.uses_output else None, output_kept)
-    return rule.relevance(AffineLayer(layer), kept_input, extra, relevance)
+    extra = None
+    if rule.uses_output:
+        extra = LayerOutput(z.relu() if rectified else z, rectified) if rule.rectified_output_suffices else z
+    return rule.relevance(AffineLayer(layer), x, extra, relevance)
 
 
 def make_case(layer_name: str, bias: bool, sign: str, seed: int = 0):
@@ -92,11 +95,11 @@ def test_rule_equals_zennit(rule_name, layer_name, bias, sign):
 @pytest.mark.parametrize("relevance_on", ["z>0", "all"])
 @pytest.mark.parametrize("sign", ["positive", "mixed"])
 @pytest.mark.parametrize("layer_name", ["linear", "conv2d", "conv2d-strided"])
-@pytest.mark.parametrize("output_kept", [False, True], ids=["sign-kept", "output-kept"])
-def test_gamma_paths_equal_zennit(output_kept, layer_name, sign, relevance_on):
-    """Gamma's shortcuts: relevance on z > 0 only (after a ReLU: one transpose), z_down from the kept output
-    (a residual summand), or from a second convolution (only the sign kept); also exact zeros of z (bias-free
-    layer on zero inputs), where Zennit drops the relevance."""
+@pytest.mark.parametrize("rectified", [False, True], ids=["output", "relu-output"])
+def test_gamma_paths_equal_zennit(rectified, layer_name, sign, relevance_on):
+    """Gamma's shortcuts: relevance on z > 0 only (after a ReLU: one transpose), z_down from z_up and z, with z
+    kept or (after a ReLU, which keeps only relu(z)) recomputed; also exact zeros of z (bias-free layer on zero
+    inputs), where Zennit drops the relevance."""
     layer, x, relevance = make_case(layer_name, False, sign)
     x[0] = 0.0  # z == 0 exactly on the first sample
     with torch.no_grad():
@@ -104,7 +107,7 @@ def test_gamma_paths_equal_zennit(output_kept, layer_name, sign, relevance_on):
     if relevance_on == "z>0":
         relevance = relevance * (z > 0)
     expected = zennit_relevance(layer, zr.Gamma(), x, relevance)
-    assert_relative_close(our_relevance(layer, GammaRule(), x, relevance, output_kept), expected)
+    assert_relative_close(our_relevance(layer, GammaRule(), x, relevance, rectified), expected)
 
 
 def test_zbox_with_per_channel_bounds_equals_zennit():

@@ -12,6 +12,8 @@ Residual additions ``a + b`` of two activations, also written as a functional ``
 (torchvision's ResNet), are caught by a ``TorchFunctionMode`` and split in proportion to the summands (Zennit's
 Norm rule on its ``Sum`` layer), so relevance is never duplicated.
 """
+import weakref
+
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
@@ -21,7 +23,7 @@ from xai.canonize import BATCH_NORM_TYPES, AffineLayer
 from xai.composites import Composite, default_composite
 from xai.model_check import ADVICE, Trace, check_modules, trace
 from xai.errors import UnsupportedModelError
-from xai.rules import LinearRule, PassRule, Rule, stabilize_
+from xai.rules import LayerOutput, LinearRule, PassRule, Rule, stabilize_
 from xai.targets import Target, one_hot_at, resolve_target
 
 
@@ -29,14 +31,17 @@ class _LinearRelevance(torch.autograd.Function):
     """Forward: the layer's own output. Backward: the rule's relevance at the input, from what the rule kept."""
 
     @staticmethod
-    def forward(ctx, x, output, layer, rule, output_kept):
-        ctx.save_for_backward(*rule.remember(x, output if rule.uses_output else None, output_kept))
-        ctx.layer, ctx.rule = layer, rule
+    def forward(ctx, x, output, layer, rule, layer_output):
+        exact_output = rule.uses_output and layer_output is None
+        ctx.save_for_backward(x, output if exact_output else None)
+        ctx.layer, ctx.rule, ctx.layer_output = layer, rule, layer_output
         return output
 
     @staticmethod
     def backward(ctx, relevance):
-        x, extra = ctx.saved_tensors
+        x, output = ctx.saved_tensors
+        extra = ctx.layer_output if ctx.layer_output is not None else output
+        ctx.layer_output = None  # unlike saved tensors, attributes would live as long as the whole graph
         return ctx.rule.relevance(ctx.layer, x, extra, relevance), None, None, None, None
 
 
@@ -162,6 +167,7 @@ class LRP(Analyzer):
         modules = dict(self.model.named_modules())
         rules = self.layer_rules()
         merged_into = {bn: lin for lin, bn in found.merged.items()}
+        rectifiable = _Rectifiable()
         handles = []
         for path, module in modules.items():
             if path in merged_into:
@@ -172,14 +178,12 @@ class LRP(Analyzer):
             if rule is None:
                 continue
             if not isinstance(rule, LinearRule):
-                handles.append(module.register_forward_hook(_module_hook(rule)))
+                handles.append(module.register_forward_hook(_module_hook(rule, rectifiable, isinstance(module, nn.ReLU))))
             elif path in found.merged:
                 batch_norm = modules[found.merged[path]]
-                handles += _merged_hooks(module, batch_norm, self._affine(module, batch_norm), rule,
-                                         path in found.summed)
+                handles += _merged_hooks(module, batch_norm, self._affine(module, batch_norm), rule, rectifiable)
             else:
-                handles.append(module.register_forward_hook(_linear_hook(self._affine(module, None), rule,
-                                                                         path in found.summed)))
+                handles.append(module.register_forward_hook(_linear_hook(self._affine(module, None), rule, rectifiable)))
         return handles
 
     def _attribute(self, x: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
@@ -206,15 +210,36 @@ class LRP(Analyzer):
         return relevance, output, resolved
 
 
-def _linear_hook(layer: AffineLayer, rule: LinearRule, output_kept: bool):
+class _Rectifiable:
+    """The outputs of rule layers that need only their positive part (``LinearRule.rectified_output_suffices``),
+    during one forward pass: when a ReLU consumes one, its ``LayerOutput`` takes the ReLU's output instead, which
+    the next layer keeps anyway, so that the layer's own output can be freed."""
+
+    def __init__(self):
+        self._waiting: dict[int, tuple[weakref.ref, LayerOutput]] = {}
+
+    def relevance(self, x: Tensor, output: Tensor, layer: AffineLayer, rule: LinearRule) -> Tensor:
+        layer_output = LayerOutput(output) if rule.uses_output and rule.rectified_output_suffices else None
+        result = _LinearRelevance.apply(x, output, layer, rule, layer_output)
+        if layer_output is not None:
+            self._waiting[id(result)] = (weakref.ref(result), layer_output)
+        return result
+
+    def rectified(self, relu_input: Tensor, relu_output: Tensor) -> None:
+        ref, layer_output = self._waiting.pop(id(relu_input), (None, None))
+        if ref is not None and ref() is relu_input:
+            layer_output.tensor, layer_output.rectified = relu_output, True
+
+
+def _linear_hook(layer: AffineLayer, rule: LinearRule, rectifiable: _Rectifiable):
     def hook(module, args, output):
-        return _LinearRelevance.apply(args[0], output.detach(), layer, rule, output_kept)
+        return rectifiable.relevance(args[0], output.detach(), layer, rule)
 
     return hook
 
 
 def _merged_hooks(linear: nn.Module, batch_norm: nn.Module, layer: AffineLayer, rule: LinearRule,
-                  output_kept: bool) -> list:
+                  rectifiable: _Rectifiable) -> list:
     """Linear/Conv and its BatchNorm as one rule layer: the rule's input is the Linear/Conv's, its output the
     BatchNorm's own (no recomputation); the BatchNorm runs outside the graph."""
     inputs = []
@@ -224,13 +249,15 @@ def _merged_hooks(linear: nn.Module, batch_norm: nn.Module, layer: AffineLayer, 
         return output.detach()
 
     def batch_norm_hook(module, args, output):
-        return _LinearRelevance.apply(inputs.pop(), output.detach(), layer, rule, output_kept)
+        return rectifiable.relevance(inputs.pop(), output.detach(), layer, rule)
 
     return [linear.register_forward_hook(linear_hook), batch_norm.register_forward_hook(batch_norm_hook)]
 
 
-def _module_hook(rule: Rule):
+def _module_hook(rule: Rule, rectifiable: _Rectifiable, is_relu: bool):
     def hook(module, args, output):
+        if is_relu:
+            rectifiable.rectified(args[0], output.detach())
         return _ModuleRelevance.apply(args[0], output.detach(), module, rule)
 
     return hook

@@ -47,7 +47,6 @@ UNSUPPORTED = (
 _PRODUCT_OPS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__", "matmul", "__matmul__", "__rmatmul__", "bmm",
                 "einsum", "div", "__truediv__", "__rtruediv__", "div_", "baddbmm", "scaled_dot_product_attention"}
 _SOFTMAX_OPS = {"softmax", "log_softmax", "softmin"}
-_ADD_OPS = {"add", "__add__", "__radd__", "add_", "__iadd__"}
 
 
 def _problem(path: str, module: nn.Module, reason: str) -> str:
@@ -96,33 +95,28 @@ class Trace:
     """What a dry run saw: the BatchNorm merged into each Linear/Conv path, and the problems found."""
 
     merged: dict[str, str] = field(default_factory=dict)  # linear path -> batch norm path
-    summed: set[str] = field(default_factory=set)  # linear paths whose (merged) output is a residual summand
     problems: list[str] = field(default_factory=list)
 
 
 class _OpWatch(TorchFunctionMode):
-    """Records functional products of two activations and softmaxes, with the module that ran them, and which
-    layer outputs (``layer_outputs``: id -> path) are summands of an addition of two activations."""
+    """Records functional products of two activations and softmaxes, with the module that ran them."""
 
-    def __init__(self, stack: list[tuple[str, nn.Module]], layer_outputs: dict[int, str]):
+    def __init__(self, stack: list[tuple[str, nn.Module]]):
         super().__init__()
         self.stack = stack
-        self.layer_outputs = layer_outputs
         self.softmax_results: dict[int, tuple[str, nn.Module, Tensor]] = {}
         self.products: list[tuple[str, nn.Module, str]] = []
-        self.summed: set[str] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         where = self.stack[-1] if self.stack else ("", None)
-        carrying = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor) and a.requires_grad]
         if name in _PRODUCT_OPS:
+            carrying = [a for a in list(args) + list(kwargs.values())
+                        if isinstance(a, Tensor) and a.requires_grad]
             if len(carrying) >= 2 and torch.is_grad_enabled():
                 self.products.append((*where, name))
-        elif name in _ADD_OPS and len(carrying) == 2:
-            self.summed.update(self.layer_outputs[id(a)] for a in carrying if id(a) in self.layer_outputs)
         elif name in _SOFTMAX_OPS and isinstance(result, Tensor) and result.requires_grad:
             self.softmax_results[id(result)] = (*where, result)
         return result
@@ -135,8 +129,6 @@ def trace(model: nn.Module, sample: Tensor) -> Trace:
     stack: list[tuple[str, nn.Module]] = []
     calls: dict[nn.Module, int] = {}
     linear_outputs: dict[int, tuple[str, Tensor]] = {}
-    layer_outputs: dict[int, str] = {}  # the output of each Linear/Conv, or of the BatchNorm merged into it
-    alive: list[Tensor] = []  # keeps those outputs alive, so that their ids stay unique
 
     def pre(module, args):
         stack.append((paths[module], module))
@@ -147,26 +139,17 @@ def trace(model: nn.Module, sample: Tensor) -> Trace:
 
     def post(module, args, output):
         stack.pop()
-        if not isinstance(output, Tensor):
-            return
-        if isinstance(module, LINEAR_TYPES):
-            linear_outputs[id(output)] = (paths[module], output)
-            layer_outputs[id(output)] = paths[module]
-            alive.append(output)
-        merged_from = next((lin for lin, bn in found.merged.items() if bn == paths[module]), None)
-        if merged_from is not None:
-            layer_outputs[id(output)] = merged_from
-            alive.append(output)
+        if isinstance(module, LINEAR_TYPES) and isinstance(output, Tensor):
+            linear_outputs[id(output)] = (paths[module], output)  # keep the tensor alive: ids stay unique
 
     handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
-    watch = _OpWatch(stack, layer_outputs)
+    watch = _OpWatch(stack)
     try:
         with torch.enable_grad(), watch:
             output = model(sample.detach().requires_grad_(True))
     finally:
         for h in handles:
             h.remove()
-    found.summed = watch.summed
     for module, count in calls.items():
         if count > 1 and any(True for _ in module.parameters(recurse=False)):
             found.problems.append(_problem(paths[module], module, f"called {count} times in one forward pass "

@@ -12,6 +12,7 @@ analyzer (not once per backward as in Zennit), non-negative inputs (after a ReLU
 sign-split terms that vanish, and the module's own forward output is reused where the rule needs it.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -104,15 +105,33 @@ class NormRule(Rule):
         return x.detach() * vjp
 
 
+@dataclass
+class LayerOutput:
+    """A layer's output z as a backward pass that needs only its positive part sees it.
+
+    When a ReLU consumes z, the engine swaps in the ReLU's output (``rectified``): the next layer keeps that tensor
+    anyway, so nothing is kept for z itself. relu(z) has z's positive part; where z <= 0 it cannot tell z < 0 from
+    z == 0, so a rule that needs that recomputes z (``exact``).
+    """
+
+    tensor: Tensor
+    rectified: bool = False
+
+    def exact(self, layer: AffineLayer, x: Tensor) -> Tensor:
+        return layer.forward(x, *layer.params) if self.rectified else self.tensor
+
+
 class LinearRule(Rule):
     """Base of the rules for Linear and Conv layers: override the hooks, or ``relevance`` for full control.
 
     The default hooks give LRP-0 with Zennit's stabilizer; parameters are the merged (BatchNorm) ones.
-    ``uses_output``: whether ``relevance`` needs the layer's forward output (then it is kept from the forward).
+    ``uses_output``: ``relevance`` gets the layer's forward output z as ``extra`` (kept from the forward pass);
+    ``rectified_output_suffices``: it gets a ``LayerOutput`` instead, which may hold relu(z) (see there).
     """
 
     stabilizer = 1e-6
     uses_output = False
+    rectified_output_suffices = False
 
     def modify_input(self, x: Tensor) -> Tensor:
         return x
@@ -138,15 +157,8 @@ class LinearRule(Rule):
 
         return layer.derived((id(self), "modified"), make)
 
-    def remember(self, x: Tensor, z: Tensor | None, z_kept: bool = False) -> tuple[Tensor, Tensor | None]:
-        """What the backward pass keeps: (input, extra); ``z`` is the output when ``uses_output``.
-
-        ``z_kept``: the graph keeps ``z`` anyway (it is a summand of a residual addition), so keeping it is free.
-        """
-        return x, z
-
-    def relevance(self, layer: AffineLayer, x: Tensor, extra: Tensor | None, relevance: Tensor) -> Tensor:
-        """The generic four steps; ``extra`` is what ``remember`` kept besides the input."""
+    def relevance(self, layer: AffineLayer, x: Tensor, extra, relevance: Tensor) -> Tensor:
+        """The generic four steps; ``extra`` is the output (see ``uses_output``) or None."""
         x_mod = self.modify_input(x)
         weight, bias = self.modified_parameters(layer)
         z = layer.forward(x_mod, weight, bias)
@@ -196,21 +208,18 @@ class GammaRule(LinearRule):
     z_up = (W + g W+) x+ + (W + g W-) x- + b + g b+, z_down = (W + g W-) x+ + (W + g W+) x- + b + g b-;
     s_up = [z > 0] R / stab(z_up), s_down = [z < 0] R / stab(z_down);
     R_in = x+ * ((W + g W+)^T s_up + (W + g W-)^T s_down) + x- * ((W + g W-)^T s_up + (W + g W+)^T s_down).
-    With x >= 0 this is the classic x (W + g W+) / z where relevance sits on z > 0 (after a ReLU), and
-    z_up + z_down = (2 + g) z gives z_down without a second convolution where z is kept anyway (a residual summand).
-    Otherwise only the sign of z is kept from the forward pass, one byte per output.
+    With x >= 0 and relevance on z > 0 only (after a ReLU) this is the classic x (W + g W+)^T (R / z_up), which
+    needs only the positive part of z; otherwise z_up + z_down = (2 + g) z gives z_down without a convolution.
     """
 
     uses_output = True
+    rectified_output_suffices = True
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
         if not gamma >= 0:
             raise ValueError(f"GammaRule needs gamma >= 0, got {gamma}")
         self.gamma = gamma
         self.stabilizer = stabilizer
-
-    def remember(self, x, z, z_kept=False):
-        return x, (z if z_kept else torch.sign(z).to(torch.int8))
 
     def _boosted(self, layer, positive: bool, shift: float = 0.0) -> tuple[Tensor, Tensor | None]:
         """(W + gamma W+, b + gamma b+ + shift) if ``positive``, else (W + gamma W-, b + gamma b- + shift)."""
@@ -224,44 +233,48 @@ class GammaRule(LinearRule):
 
         return weight, layer.derived((id(self), positive, shift), make_bias)
 
-    def relevance(self, layer, x, kept, relevance):
+    def relevance(self, layer, x, output: LayerOutput, relevance):
         if not _nonnegative(x):
-            return self._mixed_sign_input(layer, x, kept, relevance)
+            return self._mixed_sign_input(layer, x, output.exact(layer, x), relevance)
         eps = self.stabilizer
         w_up, b_up = self._boosted(layer, True, shift=eps)
-        r_up = _on_sign(kept, relevance, positive=True)
-        r_down = None
-        if kept.is_floating_point() or not torch.equal(r_up, relevance):  # after a ReLU: R sits on z > 0 only
-            r_down = _on_sign(kept, relevance, positive=False)
+        minus_outside = torch.sign(output.tensor).clamp_(min=0).mul_(relevance).sub_(relevance)  # -[z <= 0] R
+        low, high = torch.aminmax(minus_outside)
+        z = None
+        if low == 0 and high == 0:  # after a ReLU all relevance sits on z > 0: one transpose
+            r_up = relevance
+        elif output.rectified:  # relu(z) cannot tell z < 0 from z == 0
+            z = output.exact(layer, x)
+            r_up = _on_sign(z, relevance, positive=True)
+        else:
+            z = output.tensor
+            r_up = minus_outside.add_(relevance)  # [z > 0] R, exactly: (R - R) + R = R and (0 - R) + R = 0
         z_up = layer.forward(x, w_up, b_up)  # z_up + eps: > eps where z > 0, as z_up >= z for x >= 0
-        if r_down is not None:
-            w_down = self._boosted(layer, False)[0]
-            if kept.is_floating_point():  # eps - z_down = z_up + eps - (2 + gamma) z: no second convolution
-                den_down = torch.sub(z_up, kept, alpha=2 + self.gamma)
-            else:
-                den_down = layer.forward(x, *self._boosted(layer, False, shift=-eps)).neg_()
-            # eps - z_down > eps where z < 0; the clamps only keep 0 / 0 away from where the relevance is 0
-            minus_s_down = torch.div(r_down, den_down.clamp_(min=eps), out=den_down)
+        if z is not None:
+            r_down = _on_sign(z, relevance, positive=False)
+            # eps - z_down = z_up + eps - (2 + gamma) z > eps where z < 0; the clamps keep 0 / 0 away where R = 0
+            den_down = torch.sub(z_up, z, alpha=2 + self.gamma).clamp_(min=eps)
+            minus_s_down = torch.div(r_down, den_down, out=den_down)
         grad = layer.transpose(torch.div(r_up, z_up.clamp_(min=eps), out=z_up), w_up, x)
-        if r_down is not None:
-            grad -= layer.transpose(minus_s_down, w_down, x)
+        if z is not None:
+            grad -= layer.transpose(minus_s_down, self._boosted(layer, False)[0], x)
         return grad.mul_(x)
 
-    def _mixed_sign_input(self, layer, x, kept, relevance):
+    def _mixed_sign_input(self, layer, x, z, relevance):
         eps = self.stabilizer
         w_up, b_up = self._boosted(layer, True)
         w_down, b_down = self._boosted(layer, False)
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        s_up = _share(_on_sign(kept, relevance, True), layer.forward_sum([xp, xn], [w_up, w_down], b_up), eps)
-        s_down = _share(_on_sign(kept, relevance, False), layer.forward_sum([xp, xn], [w_down, w_up], b_down), eps)
+        s_up = _share(_on_sign(z, relevance, True), layer.forward_sum([xp, xn], [w_up, w_down], b_up), eps)
+        s_down = _share(_on_sign(z, relevance, False), layer.forward_sum([xp, xn], [w_down, w_up], b_down), eps)
         up_p, up_n = layer.transpose_each(s_up, [w_up, w_down], x)
         down_p, down_n = layer.transpose_each(s_down, [w_down, w_up], x)
         return xp * (up_p + down_p) + xn * (up_n + down_n)
 
 
-def _on_sign(kept: Tensor, relevance: Tensor, positive: bool) -> Tensor:
-    """[z > 0] R (``positive``) or [z < 0] R, from the kept z or its int8 sign, in float arithmetic only."""
-    sign = torch.sign(kept) if kept.is_floating_point() else kept.to(relevance.dtype)
+def _on_sign(z: Tensor, relevance: Tensor, positive: bool) -> Tensor:
+    """[z > 0] R (``positive``) or [z < 0] R, in float arithmetic only."""
+    sign = torch.sign(z)
     return (sign.clamp_(min=0) if positive else sign.clamp_(max=0).neg_()).mul_(relevance)
 
 
@@ -386,6 +399,6 @@ class FlatRule(LinearRule):
 
 
 __all__ = [
-    "AlphaBetaRule", "EpsilonRule", "FlatRule", "GammaRule", "LinearRule", "NormRule", "PassRule", "Rule",
+    "AlphaBetaRule", "EpsilonRule", "FlatRule", "GammaRule", "LayerOutput", "LinearRule", "NormRule", "PassRule", "Rule",
     "WSquareRule", "ZBoxRule", "ZPlusRule", "ZeroRule", "stabilize", "stabilize_",
 ]
