@@ -118,6 +118,16 @@ def test_zbox_with_per_channel_bounds_equals_zennit():
     assert_relative_close(our_relevance(layer, ZBoxRule(low=low, high=high), x, relevance), expected)
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 6, 6), (2, 3, 1, 1)], ids=["per-pixel", "per-sample"])
+def test_zbox_with_bounds_that_vary_over_positions_or_samples_equals_zennit(shape):
+    layer, x, relevance = make_case("conv2d", True, "mixed")
+    torch.manual_seed(5)
+    low = -1.0 - torch.rand(shape, dtype=torch.float64)
+    high = 1.0 + torch.rand(shape, dtype=torch.float64)
+    expected = zennit_relevance(layer, zr.ZBox(low=low, high=high), x, relevance)
+    assert_relative_close(our_relevance(layer, ZBoxRule(low=low, high=high), x, relevance), expected)
+
+
 def test_pass_rule_equals_zennit_on_activation():
     torch.manual_seed(1)
     x = torch.randn(3, 8, dtype=torch.float64)

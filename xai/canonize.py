@@ -136,7 +136,9 @@ class AffineLayer:
         if not self.stackable:
             return [self.transpose(g, w, x) for w in weights]
         dim = 1 if self.is_conv else -1
-        stacked = torch.cat([x] * len(weights), dim=dim)
+        shape = list(x.shape)
+        shape[dim] *= len(weights)
+        stacked = x.new_empty(()).expand(shape)  # only its shape is read
         return list(self.transpose(g, torch.cat(weights, dim=1), stacked).chunk(len(weights), dim=dim))
 
     def transpose(self, g: Tensor, weight: Tensor, x: Tensor) -> Tensor:

@@ -305,16 +305,29 @@ class AlphaBetaRule(LinearRule):
         self.beta = beta
         self.stabilizer = stabilizer
 
+    def _shifted_bias(self, layer, positive: bool) -> Tensor:
+        """b+ + eps or b- - eps: for x >= 0, z+ >= 0 and z- <= 0, so this is the stabilizer, without a pass.
+        (At z- == 0 Zennit adds +eps, but then every x_i w-_ji is 0 and the sign does not matter.)"""
+        eps = self.stabilizer if positive else -self.stabilizer
+        part = _positive if positive else _negative
+
+        def make(w, b):
+            return torch.full((w.shape[0],), eps, dtype=w.dtype, device=w.device) if b is None else part(b) + eps
+
+        return layer.derived(("shifted bias", positive, eps), make)
+
     def relevance(self, layer, x, extra, relevance):
         eps = self.stabilizer
         wp, bp = _positive_part(layer)
         if _nonnegative(x):
-            grad = layer.transpose(_share(relevance, layer.forward(x, wp, bp), eps), wp, x)
+            z = layer.forward(x, wp, self._shifted_bias(layer, True))
+            grad = layer.transpose(torch.div(relevance, z, out=z), wp, x)
             if self.alpha != 1:
                 grad.mul_(self.alpha)
             if self.beta:
-                wn, bn = _negative_part(layer)
-                grad.sub_(layer.transpose(_share(relevance, layer.forward(x, wn, bn), eps), wn, x), alpha=self.beta)
+                wn = _negative_part(layer)[0]
+                z = layer.forward(x, wn, self._shifted_bias(layer, False))
+                grad.sub_(layer.transpose(torch.div(relevance, z, out=z), wn, x), alpha=self.beta)
             return grad.mul_(x)
         wn, bn = _negative_part(layer)
         xp, xn = x.clamp(min=0), x.clamp(max=0)
@@ -363,7 +376,42 @@ class ZBoxRule(LinearRule):
             bound = bound[: x.shape[0]]
         return bound.expand_as(x)
 
+    @staticmethod
+    def _per_feature(bound, x: Tensor) -> Tensor | None:
+        """The bound as one value per input channel/feature, or None if it varies over samples or positions."""
+        bound = torch.as_tensor(bound).to(x)
+        if bound.dim() > x.dim():
+            return None
+        bound = bound.reshape((1,) * (x.dim() - bound.dim()) + tuple(bound.shape))
+        if any(size != 1 for dim, size in enumerate(bound.shape) if dim != 1):
+            return None
+        return bound.reshape(-1).expand(x.shape[1])
+
     def relevance(self, layer, x, extra, relevance):
+        low, high = self._per_feature(self.low, x), self._per_feature(self.high, x)
+        if low is None or high is None or not layer.stackable:
+            return self._any_bounds(layer, x, relevance)
+        # Bounds the same for every sample and position (scalars, per channel): W+ low + W- high is a constant
+        # of the input's shape, and low W+^T s + high W-^T s = (low W+ + high W-)^T s, one weight.
+        key = (id(self), x.dtype, x.device)
+
+        def bounds_weight(w, b):
+            per_input = (1, -1) + (1,) * (w.dim() - 2)
+            return -(w.clamp(min=0) * low.reshape(per_input) + w.clamp(max=0) * high.reshape(per_input))
+
+        def offset(w, b):  # -(W+ low + W- high) for one sample
+            one = (1,) + tuple(x.shape[1:])
+            per_input = (1, -1) + (1,) * (x.dim() - 2)
+            return layer.forward_sum([low.reshape(per_input).expand(one), high.reshape(per_input).expand(one)],
+                                     [-w.clamp(min=0), -w.clamp(max=0)])
+
+        weight = layer.params[0]
+        lh_weight = layer.derived(key + ("bounds weight",), bounds_weight)
+        z = layer.forward(x, weight).add_(layer.derived(key + ("offset", x.shape[1:]), offset))  # the bias cancels
+        on_x, on_bounds = layer.transpose_each(_share(relevance, z, self.stabilizer), [weight, lh_weight], x)
+        return on_x.mul_(x).add_(on_bounds)
+
+    def _any_bounds(self, layer, x, relevance):
         weights = layer.derived("zbox", lambda w, b: [w, -w.clamp(min=0), -w.clamp(max=0)])
         low, high = self._bound(self.low, x), self._bound(self.high, x)
         # W x + b - (W+ low + b+) - (W- high + b-): the biases cancel exactly (b = b+ + b-)
