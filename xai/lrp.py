@@ -23,7 +23,7 @@ from xai.canonize import BATCH_NORM_TYPES, AffineLayer
 from xai.composites import Composite, default_composite
 from xai.model_check import ADVICE, Trace, check_modules, trace
 from xai.errors import UnsupportedModelError
-from xai.rules import LayerOutput, LinearRule, PassRule, Rule, stabilize_
+from xai.rules import LayerOutput, LinearRule, PassRule, Rule, signed_epsilon
 from xai.targets import Target, one_hot_at, resolve_target
 
 
@@ -74,9 +74,10 @@ class _ProportionalSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, relevance):
         a, b = ctx.saved_tensors
-        total = stabilize_(a + b, ctx.stabilizer)
-        s = torch.div(relevance, total, out=total)
-        return (a * s).sum_to_size(a.shape), s.mul_(b).sum_to_size(b.shape), None
+        total = a + b
+        shift = signed_epsilon(total, ctx.stabilizer)
+        s = torch.div(relevance, total.add_(shift), out=total)
+        return torch.mul(a, s, out=shift).sum_to_size(a.shape), s.mul_(b).sum_to_size(b.shape), None
 
 
 class _RelevanceForward(TorchFunctionMode):

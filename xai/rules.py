@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from xai.canonize import AffineLayer
 
 
-def _signed_epsilon(z: Tensor, epsilon: float) -> Tensor:
+def signed_epsilon(z: Tensor, epsilon: float) -> Tensor:
     """+epsilon where z >= 0 (also at -0.0, as Zennit's ``z >= 0``), -epsilon where z < 0, as a new tensor.
 
     Float arithmetic only: on CPU ``torch.where`` and bool masks mixed with floats are ~10x slower than a float pass.
@@ -30,7 +30,7 @@ def _signed_epsilon(z: Tensor, epsilon: float) -> Tensor:
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """Zennit's stabilizer: move z away from 0 by epsilon, keeping its sign (0 becomes +epsilon)."""
-    return _signed_epsilon(z, epsilon).add_(z)
+    return signed_epsilon(z, epsilon).add_(z)
 
 
 def stabilize_(z: Tensor, epsilon: float) -> Tensor:
@@ -41,7 +41,7 @@ def stabilize_(z: Tensor, epsilon: float) -> Tensor:
         return z.add_(epsilon)
     if high < 0:
         return z.sub_(epsilon)
-    return z.add_(_signed_epsilon(z, epsilon))
+    return z.add_(signed_epsilon(z, epsilon))
 
 
 def _positive(t: Tensor | None) -> Tensor | None:
@@ -238,8 +238,8 @@ class GammaRule(LinearRule):
             return self._mixed_sign_input(layer, x, output.exact(layer, x), relevance)
         eps = self.stabilizer
         w_up, b_up = self._boosted(layer, True, shift=eps)
-        minus_outside = torch.sign(output.tensor).clamp_(min=0).mul_(relevance).sub_(relevance)  # -[z <= 0] R
-        low, high = torch.aminmax(minus_outside)
+        r_up = torch.sign(output.tensor).clamp_(min=0).mul_(relevance).sub_(relevance)  # -[z <= 0] R, for now
+        low, high = torch.aminmax(r_up)
         z = None
         if low == 0 and high == 0:  # after a ReLU all relevance sits on z > 0: one transpose
             r_up = relevance
@@ -248,16 +248,15 @@ class GammaRule(LinearRule):
             r_up = _on_sign(z, relevance, positive=True)
         else:
             z = output.tensor
-            r_up = minus_outside.add_(relevance)  # [z > 0] R, exactly: (R - R) + R = R and (0 - R) + R = 0
+            r_up.add_(relevance)  # [z > 0] R, exactly: (R - R) + R = R and (0 - R) + R = 0
         z_up = layer.forward(x, w_up, b_up)  # z_up + eps: > eps where z > 0, as z_up >= z for x >= 0
-        if z is not None:
-            r_down = _on_sign(z, relevance, positive=False)
-            # eps - z_down = z_up + eps - (2 + gamma) z > eps where z < 0; the clamps keep 0 / 0 away where R = 0
-            den_down = torch.sub(z_up, z, alpha=2 + self.gamma).clamp_(min=eps)
-            minus_s_down = torch.div(r_down, den_down, out=den_down)
-        grad = layer.transpose(torch.div(r_up, z_up.clamp_(min=eps), out=z_up), w_up, x)
-        if z is not None:
-            grad -= layer.transpose(minus_s_down, self._boosted(layer, False)[0], x)
+        if z is None:
+            return layer.transpose(torch.div(r_up, z_up.clamp_(min=eps), out=z_up), w_up, x).mul_(x)
+        s_up = torch.div(r_up, z_up, out=r_up).nan_to_num_(0.0)  # 0 / 0 only where z <= 0, which has no r_up
+        den_down = z_up.sub_(z, alpha=2 + self.gamma).clamp_(min=eps)  # eps - z_down, > eps where z < 0
+        minus_s_down = torch.div(_on_sign(z, relevance, positive=False), den_down, out=den_down)
+        grad = layer.transpose(s_up, w_up, x)
+        grad -= layer.transpose(minus_s_down, self._boosted(layer, False)[0], x)
         return grad.mul_(x)
 
     def _mixed_sign_input(self, layer, x, z, relevance):
@@ -448,5 +447,5 @@ class FlatRule(LinearRule):
 
 __all__ = [
     "AlphaBetaRule", "EpsilonRule", "FlatRule", "GammaRule", "LayerOutput", "LinearRule", "NormRule", "PassRule", "Rule",
-    "WSquareRule", "ZBoxRule", "ZPlusRule", "ZeroRule", "stabilize", "stabilize_",
+    "WSquareRule", "ZBoxRule", "ZPlusRule", "ZeroRule", "signed_epsilon", "stabilize", "stabilize_",
 ]
