@@ -15,6 +15,7 @@ Norm rule on its ``Sum`` layer), so relevance is never duplicated.
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
@@ -28,21 +29,25 @@ from xai.targets import Target, one_hot_at, resolve_target
 
 
 class _LinearRelevance(torch.autograd.Function):
-    """Forward: the layer's own output. Backward: the rule's relevance at the input, from what the rule kept."""
+    """Forward: the layer's own output. Backward: the rule's relevance at the input, from what the rule kept.
+
+    The output comes in a ``LayerOutput`` box: returned as-is from a tensor argument it would become a view, which
+    autograd does not let a following in-place ReLU modify.
+    """
 
     @staticmethod
-    def forward(ctx, x, output, layer, rule, layer_output):
-        exact_output = rule.uses_output and layer_output is None
-        ctx.save_for_backward(x, output if exact_output else None)
-        ctx.layer, ctx.rule, ctx.layer_output = layer, rule, layer_output
-        return output
+    def forward(ctx, x, output: LayerOutput, layer, rule):
+        boxed = rule.uses_output and rule.rectified_output_suffices
+        ctx.save_for_backward(x, output.tensor if rule.uses_output and not boxed else None)
+        ctx.layer, ctx.rule, ctx.layer_output = layer, rule, output if boxed else None
+        return output.tensor
 
     @staticmethod
     def backward(ctx, relevance):
         x, output = ctx.saved_tensors
         extra = ctx.layer_output if ctx.layer_output is not None else output
         ctx.layer_output = None  # unlike saved tensors, attributes would live as long as the whole graph
-        return ctx.rule.relevance(ctx.layer, x, extra, relevance), None, None, None, None
+        return ctx.rule.relevance(ctx.layer, x, extra, relevance), None, None, None
 
 
 class _ModuleRelevance(torch.autograd.Function):
@@ -83,13 +88,15 @@ class _ProportionalSum(torch.autograd.Function):
 class _RelevanceForward(TorchFunctionMode):
     """During the LRP forward pass: additions of two activations become proportional sums, and in-place ops on
     activations (``F.relu(x, inplace=True)``, ``x += y``) run out of place, because the rules keep their inputs.
-    The callers use the returned tensor (``+=`` rebinds the name), so the result is the same."""
+    The callers use the returned tensor (``+=`` rebinds the name), so the result is the same. The exception: an
+    in-place ReLU on an output whose rule needs only its positive part stays in place (``_Rectifiable``)."""
 
     _ADD = {"add", "__add__", "__radd__", "add_", "__iadd__"}
 
-    def __init__(self, stabilizer: float):
+    def __init__(self, stabilizer: float, rectifiable: "_Rectifiable"):
         super().__init__()
         self.stabilizer = stabilizer
+        self.rectifiable = rectifiable
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -103,6 +110,8 @@ class _RelevanceForward(TorchFunctionMode):
                 return _ProportionalSum.apply(a, b if alpha == 1 else alpha * b, self.stabilizer)
         if isinstance(args[0], Tensor) and args[0].requires_grad:
             if kwargs.get("inplace") is True:  # F.relu(x, inplace=True) and friends
+                if func is F.relu and self.rectifiable.rectify_in_place(args[0]):
+                    return args[0]
                 return func(*args, **{**kwargs, "inplace": False})
             out_of_place = getattr(Tensor, name[:-1], None) if name.endswith("_") and name[0] != "_" else None
             if out_of_place is not None:
@@ -163,12 +172,11 @@ class LRP(Analyzer):
         layer.refresh()
         return layer
 
-    def _hooks(self, found: Trace) -> list:
+    def _hooks(self, found: Trace, rectifiable: "_Rectifiable") -> list:
         """Forward hooks that put each layer's rule into the graph; BatchNorms merged into their layer pass."""
         modules = dict(self.model.named_modules())
         rules = self.layer_rules()
         merged_into = {bn: lin for lin, bn in found.merged.items()}
-        rectifiable = _Rectifiable()
         handles = []
         for path, module in modules.items():
             if path in merged_into:
@@ -191,14 +199,17 @@ class LRP(Analyzer):
         found = self._trace(x)
         if found.problems:
             raise UnsupportedModelError(found.problems, ADVICE)
-        inplace = [m for m in self.model.modules() if getattr(m, "inplace", False) is True]
+        # an in-place activation would overwrite tensors the rules keep (ReLUs: decided per call, see _Rectifiable)
+        inplace = [m for m in self.model.modules()
+                   if getattr(m, "inplace", False) is True and not isinstance(m, nn.ReLU)]
+        rectifiable = _Rectifiable()
         handles = []
         try:
-            for m in inplace:  # an in-place activation would overwrite tensors the rules keep
+            for m in inplace:
                 m.inplace = False
-            handles = self._hooks(found)
+            handles = self._hooks(found, rectifiable)
             x = x.detach().requires_grad_(True)
-            with torch.enable_grad(), _RelevanceForward(self.composite.stabilizer):
+            with torch.enable_grad(), _RelevanceForward(self.composite.stabilizer, rectifiable):
                 output = self.model(x)
         finally:
             for h in handles:
@@ -213,23 +224,38 @@ class LRP(Analyzer):
 
 class _Rectifiable:
     """The outputs of rule layers that need only their positive part (``LinearRule.rectified_output_suffices``),
-    during one forward pass: when a ReLU consumes one, its ``LayerOutput`` takes the ReLU's output instead, which
-    the next layer keeps anyway, so that the layer's own output can be freed."""
+    during one forward pass. When a ReLU consumes one, its ``LayerOutput`` takes the ReLU's output instead, which
+    the next layer keeps anyway, so that the layer's own output can be freed; an in-place ReLU may then run in
+    place, saving an activation-sized allocation."""
 
     def __init__(self):
         self._waiting: dict[int, tuple[weakref.ref, LayerOutput]] = {}
 
     def relevance(self, x: Tensor, output: Tensor, layer: AffineLayer, rule: LinearRule) -> Tensor:
-        layer_output = LayerOutput(output) if rule.uses_output and rule.rectified_output_suffices else None
-        result = _LinearRelevance.apply(x, output, layer, rule, layer_output)
-        if layer_output is not None:
+        layer_output = LayerOutput(output)
+        result = _LinearRelevance.apply(x, layer_output, layer, rule)
+        if rule.uses_output and rule.rectified_output_suffices:
             self._waiting[id(result)] = (weakref.ref(result), layer_output)
         return result
 
+    def _pop(self, tensor: Tensor) -> LayerOutput | None:
+        ref, layer_output = self._waiting.pop(id(tensor), (None, None))
+        return layer_output if ref is not None and ref() is tensor else None
+
     def rectified(self, relu_input: Tensor, relu_output: Tensor) -> None:
-        ref, layer_output = self._waiting.pop(id(relu_input), (None, None))
-        if ref is not None and ref() is relu_input:
+        layer_output = self._pop(relu_input)
+        if layer_output is not None:
             layer_output.tensor, layer_output.rectified = relu_output, True
+
+    def rectify_in_place(self, tensor: Tensor) -> bool:
+        """relu_ on ``tensor`` outside autograd, if it is such an output (its rule's backward never sees the
+        difference); False, and nothing done, otherwise."""
+        layer_output = self._pop(tensor)
+        if layer_output is None:
+            return False
+        tensor.detach().relu_()
+        layer_output.rectified = True
+        return True
 
 
 def _linear_hook(layer: AffineLayer, rule: LinearRule, rectifiable: _Rectifiable):
