@@ -1,4 +1,5 @@
 """Rank the features of each sample once, and turn ranks into the step at which each feature is flipped."""
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -48,6 +49,30 @@ def flip_step(relevance: Tensor, order: str, step_of: Tensor) -> Tensor:
     ``relevance`` is (N, units); the result is a LongTensor (N, units) on the same device.
     """
     check_order(order)
-    ranking = torch.argsort(relevance, dim=1, descending=order == "morf", stable=True)
+    ranking = stable_argsort(relevance, descending=order == "morf")
     step_of = step_of.to(relevance.device)
     return torch.empty_like(ranking).scatter_(1, ranking, step_of.expand_as(ranking))
+
+
+def stable_argsort(values: Tensor, descending: bool) -> Tensor:
+    """``torch.argsort(values, dim=1, descending=descending, stable=True)`` of a 2-D tensor, faster on the CPU.
+
+    torch's stable CPU sort is a comparison sort of (value, index) pairs; numpy sorts int64 with SIMD instructions.
+    A float32 value maps to an int32 whose order is the float order (the sign bit flips the other bits of negative
+    numbers; -0.0 is first made 0.0, which compares equal to it), and (key << 32 | index) makes every key unique,
+    so the unstable numpy sort gives the stable order: 6-7x faster than torch for 10^3 to 10^5 values per row.
+    float64 (no room for the index) and other devices use torch.
+    """
+    if values.device.type != "cpu" or values.dtype == torch.float64:
+        return torch.argsort(values, dim=1, descending=descending, stable=True)
+    floats = (values.detach().to(torch.float32) + 0.0).numpy()
+    bits = floats.view(np.int32)
+    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    if descending:
+        np.invert(key, out=key)  # ~k = -k - 1 reverses the order and stays in int32
+    packed = key.astype(np.int64)
+    packed <<= 32
+    packed |= np.arange(floats.shape[1], dtype=np.int64)
+    packed.sort(axis=1)
+    packed &= 0xFFFFFFFF
+    return torch.from_numpy(packed)

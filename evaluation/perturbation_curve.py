@@ -2,8 +2,9 @@
 
 A curve of a sample is the model's score for the target after 0, 1, ..., S steps of flipping: after step s every
 feature whose flip step is <= s holds its baseline value, all others their original value. The engine builds many
-(sample, step) inputs at once with one ``torch.where`` each, runs them through the model in chunks of ``batch_size``,
-on the model's device, under ``torch.inference_mode``, without any host round trip until the curves are complete.
+(sample, step) inputs at once with three float operations per sample, runs them through the model in chunks of
+``batch_size``, on the model's device, under ``torch.inference_mode``, without any host round trip until the curves
+are complete.
 """
 from dataclasses import dataclass
 from typing import Sequence
@@ -16,6 +17,8 @@ from evaluation.scores import aopc, auc
 from xai.analyzer import check_output
 from xai.model_guard import borrowed, model_device
 from xai.targets import Target, resolve_target
+
+LOGITS_KEPT = 2**22  # at most this many logits (16 MB in float32) wait for one softmax
 
 
 @dataclass(frozen=True)
@@ -81,37 +84,47 @@ def perturbation_curves(
     with borrowed(model), torch.inference_mode():
         x_dev = x.to(device)
         baseline_dev = torch.as_tensor(baseline, dtype=x.dtype, device=device)
-        # row m perturbs sample m % n; the smallest integer type that holds the steps saves memory traffic
-        step_type = torch.int16 if steps < torch.iinfo(torch.int16).max else torch.int32
-        flips = torch.cat([f.to(device=device, dtype=step_type) for f in flip_steps])
-        chunks = range(0, n, batch_size)
-        output = torch.cat([model(x_dev[i : i + batch_size]) for i in chunks])
+        # Float arithmetic only (bool masks and torch.where are several times slower on the CPU): with f a feature's
+        # flip step, its baseline weight at step s is clamp(s + 1 - f, 0, 1), exactly 1 (flipped) or 0, and
+        # lerp(x, baseline, weight) is then exactly the baseline or x (while baseline - x does not overflow). The
+        # steps are held in a float type that represents them exactly; row m perturbs sample m % n.
+        exact = torch.promote_types(x.dtype, torch.float32 if steps < 2**24 else torch.float64)
+        flips = torch.cat([f.to(device=device, dtype=exact) for f in flip_steps])
+        output = torch.cat([model(x_dev[i : i + batch_size]) for i in range(0, n, batch_size)])
         check_output(output)
         resolved = resolve_target(target, output)
-        unperturbed = target_score(output, resolved, softmax)
 
         total = flips.shape[0] * steps  # job j = (row j // steps, step j % steps + 1), rows one after the other
-        sample = torch.arange(total, device=device) // steps % n
-        step_values = torch.arange(1, steps + 1, device=device, dtype=step_type).view(-1, *([1] * (x.dim() - 1)))
-        scores = torch.empty(total, dtype=unperturbed.dtype, device=device)
-        # buffers reused by every chunk: no allocation (and no page faults) per forward pass
-        width = min(batch_size, total)
-        inputs = torch.empty((width, *x.shape[1:]), dtype=x.dtype, device=device)
-        flipped = torch.empty((width, *flips.shape[1:]), dtype=torch.bool, device=device)
+        # scores[:n] unperturbed, scores[n + j] job j. Their logits wait (up to LOGITS_KEPT) for one softmax: torch's
+        # CPU softmax opens a parallel region even for 64 x 10 logits, and on a busy machine each region can wait
+        # milliseconds for a descheduled thread.
+        score_target = torch.cat([resolved, resolved[torch.arange(total, device=device) // steps % n]])
+        scores = torch.empty(n + total, dtype=output.dtype, device=device)
+        kept, waiting = [output], 0  # logits not scored yet, and the position of their first score
+        next_step = torch.arange(2, steps + 2, device=device, dtype=exact).view(-1, *([1] * (x.dim() - 1)))
+        # buffers reused by every chunk: no allocation (and no page faults) per forward pass; the weights of one row
+        # at a time, used at once, so the rows of a chunk share (and find in the cache) the same memory
+        inputs = torch.empty((min(batch_size, total), *x.shape[1:]), dtype=x.dtype, device=device)
+        weight = torch.empty((min(batch_size, steps), *flips.shape[1:]), dtype=x.dtype, device=device)
         with tqdm(total=total, unit="input", desc="perturbation curves", leave=False,
                   disable=not progress or total <= batch_size) as bar:
             for start in range(0, total, batch_size):
                 stop = min(start + batch_size, total)
-                # a chunk covers consecutive steps of a few rows: one broadcast where per row, no gathers
+                # a chunk covers consecutive steps of a few rows: one broadcast lerp per row, no gathers
                 for m in range(start // steps, (stop - 1) // steps + 1):
                     first, last = max(start, m * steps), min(stop, (m + 1) * steps)
                     rows = slice(first - start, last - start)
-                    mask = torch.le(flips[m], step_values[first - m * steps : last - m * steps], out=flipped[rows])
+                    row_weight = torch.sub(next_step[first - m * steps : last - m * steps], flips[m],
+                                           out=weight[: last - first])
+                    row_weight.clamp_(0, 1)
                     replacement = baseline_dev if baseline_dev.dim() == 0 else baseline_dev[m % n]
-                    torch.where(mask, replacement, x_dev[m % n], out=inputs[rows])
-                perturbed = inputs[: stop - start]
-                scores[start:stop] = target_score(model(perturbed), resolved[sample[start:stop]], softmax)
+                    torch.lerp(x_dev[m % n], replacement, row_weight, out=inputs[rows])
+                kept.append(model(inputs[: stop - start]))
+                if (n + stop - waiting) * output.shape[1] >= LOGITS_KEPT or stop == total:
+                    scored = slice(waiting, n + stop)
+                    scores[scored] = target_score(torch.cat(kept), score_target[scored], softmax)
+                    kept, waiting = [], n + stop
                 bar.update(stop - start)
-        curves = torch.cat([unperturbed.expand(len(flip_steps), n)[..., None], scores.view(-1, n, steps)], dim=2)
+        curves = torch.cat([scores[:n].expand(len(flip_steps), n)[..., None], scores[n:].view(-1, n, steps)], dim=2)
     # clone outside inference mode: callers may use the results in autograd-recorded code
     return resolved.to(x.device).clone(), [c.to(x.device).clone() for c in curves]

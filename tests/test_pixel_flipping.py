@@ -11,7 +11,9 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
+import evaluation.perturbation_curve
 from evaluation import PixelFlipping, RegionPerturbation, SymmetricRelevanceGain, make_baseline
+from evaluation.ordering import stable_argsort
 
 ATOL = 1e-5
 
@@ -260,6 +262,28 @@ def test_device_does_not_change_results(digits_case):
     gpu = metric(copy.deepcopy(model).cuda(), x, attribution, labels)
     assert gpu.curve.device == x.device
     torch.testing.assert_close(gpu.curve, cpu.curve, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("descending", [True, False])
+def test_stable_argsort_is_torchs_stable_argsort(dtype, descending):
+    values = torch.randn(3, 500, generator=torch.Generator().manual_seed(0))
+    values[:, ::7] = 0.0
+    values[:, ::11] = -0.0  # compares equal to 0.0: a tie, not a smaller value
+    values[:, 1::13] = 1.5
+    values[0, :8] = torch.tensor([math.inf, -math.inf, 1e-45, -1e-45, 3e38, -3e38, 0.0, -0.0])
+    values = values.to(dtype)
+    expected = torch.argsort(values, dim=1, descending=descending, stable=True)
+    assert torch.equal(stable_argsort(values, descending), expected)
+
+
+def test_softmax_over_several_groups_of_logits_gives_the_same_curves(digits_case, monkeypatch):
+    model, x, attribution, labels = digits_case
+    metric = SymmetricRelevanceGain(PixelFlipping(features_in_step=256, batch_size=5, progress=False))
+    together = metric(model, x, attribution, labels)
+    monkeypatch.setattr(evaluation.perturbation_curve, "LOGITS_KEPT", 1)  # one softmax per forward pass
+    apart = metric(model, x, attribution, labels)
+    assert torch.equal(apart.morf.curve, together.morf.curve) and torch.equal(apart.lerf.curve, together.lerf.curve)
 
 
 def test_model_mode_is_restored(digits_case):
