@@ -36,18 +36,22 @@ class _LinearRelevance(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, output: LayerOutput, layer, rule):
+    def forward(ctx, x, output: LayerOutput, layer, rule, known: "_Rectifiable"):
         boxed = rule.uses_output and rule.rectified_output_suffices
         ctx.save_for_backward(x, output.tensor if rule.uses_output and not boxed else None)
-        ctx.layer, ctx.rule, ctx.layer_output = layer, rule, output if boxed else None
+        ctx.layer, ctx.rule, ctx.layer_output, ctx.known = layer, rule, output if boxed else None, known
         return output.tensor
 
     @staticmethod
     def backward(ctx, relevance):
         x, output = ctx.saved_tensors
-        extra = ctx.layer_output if ctx.layer_output is not None else output
-        ctx.layer_output = None  # unlike saved tensors, attributes would live as long as the whole graph
-        return ctx.rule.relevance(ctx.layer, x, extra, relevance), None, None, None
+        layer_output, ctx.layer_output = ctx.layer_output, None  # attributes would live as long as the graph
+        if layer_output is not None:
+            ctx.known.annotate(layer_output, x, relevance)
+        result = ctx.rule.relevance(ctx.layer, x, layer_output if layer_output is not None else output, relevance)
+        if ctx.rule.relevance_vanishes_with_input:
+            ctx.known.vanishes_where_zero(result, x)
+        return result, None, None, None, None
 
 
 class _ModuleRelevance(torch.autograd.Function):
@@ -224,16 +228,23 @@ class LRP(Analyzer):
 
 class _Rectifiable:
     """The outputs of rule layers that need only their positive part (``LinearRule.rectified_output_suffices``),
-    during one forward pass. When a ReLU consumes one, its ``LayerOutput`` takes the ReLU's output instead, which
-    the next layer keeps anyway, so that the layer's own output can be freed; an in-place ReLU may then run in
-    place, saving an activation-sized allocation."""
+    during one LRP pass. When a ReLU consumes one, its ``LayerOutput`` takes the ReLU's output instead, which the
+    next layer keeps anyway, so that the layer's own output can be freed; an in-place ReLU may then run in place,
+    saving an activation-sized allocation. In the backward pass it tells such a layer what it knows for sure
+    (``LayerOutput.relevance_on_positive``, ``input_nonnegative``), so the rule can skip checks.
+
+    Tensors are recognised by their storage (``data_ptr``) while they are alive (weak references): two live tensors
+    starting at the same address are views of one storage.
+    """
 
     def __init__(self):
         self._waiting: dict[int, tuple[weakref.ref, LayerOutput]] = {}
+        self._rectified: dict[int, weakref.ref] = {}  # data_ptr -> a rectified output
+        self._vanishing: dict[int, tuple[weakref.ref, int]] = {}  # data_ptr of R_in -> (R_in, data_ptr of x)
 
     def relevance(self, x: Tensor, output: Tensor, layer: AffineLayer, rule: LinearRule) -> Tensor:
         layer_output = LayerOutput(output)
-        result = _LinearRelevance.apply(x, layer_output, layer, rule)
+        result = _LinearRelevance.apply(x, layer_output, layer, rule, self)
         if rule.uses_output and rule.rectified_output_suffices:
             self._waiting[id(result)] = (weakref.ref(result), layer_output)
         return result
@@ -242,10 +253,14 @@ class _Rectifiable:
         ref, layer_output = self._waiting.pop(id(tensor), (None, None))
         return layer_output if ref is not None and ref() is tensor else None
 
+    def _mark_rectified(self, layer_output: LayerOutput, tensor: Tensor) -> None:
+        layer_output.tensor, layer_output.rectified = tensor, True
+        self._rectified[tensor.data_ptr()] = weakref.ref(tensor)
+
     def rectified(self, relu_input: Tensor, relu_output: Tensor) -> None:
         layer_output = self._pop(relu_input)
         if layer_output is not None:
-            layer_output.tensor, layer_output.rectified = relu_output, True
+            self._mark_rectified(layer_output, relu_output)
 
     def rectify_in_place(self, tensor: Tensor) -> bool:
         """relu_ on ``tensor`` outside autograd, if it is such an output (its rule's backward never sees the
@@ -253,9 +268,24 @@ class _Rectifiable:
         layer_output = self._pop(tensor)
         if layer_output is None:
             return False
-        tensor.detach().relu_()
-        layer_output.rectified = True
+        self._mark_rectified(layer_output, tensor.detach().relu_())
         return True
+
+    def vanishes_where_zero(self, relevance: Tensor, x: Tensor) -> None:
+        """Record that ``relevance`` (a rule's result) is 0 wherever its input ``x`` is."""
+        self._vanishing[relevance.data_ptr()] = (weakref.ref(relevance), x.data_ptr())
+
+    def annotate(self, layer_output: LayerOutput, x: Tensor, relevance: Tensor) -> None:
+        ref = self._rectified.get(x.data_ptr())
+        layer_output.input_nonnegative = _same_storage(ref, x)
+        ref, input_ptr = self._vanishing.get(relevance.data_ptr(), (None, None))
+        layer_output.relevance_on_positive = (layer_output.rectified and _same_storage(ref, relevance)
+                                              and input_ptr == layer_output.tensor.data_ptr())
+
+
+def _same_storage(ref: weakref.ref | None, tensor: Tensor) -> bool:
+    other = None if ref is None else ref()
+    return other is not None and other.data_ptr() == tensor.data_ptr() and other.numel() == tensor.numel()
 
 
 def _linear_hook(layer: AffineLayer, rule: LinearRule, rectifiable: _Rectifiable):

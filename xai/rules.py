@@ -111,11 +111,16 @@ class LayerOutput:
 
     When a ReLU consumes z, the engine swaps in the ReLU's output (``rectified``): the next layer keeps that tensor
     anyway, so nothing is kept for z itself. relu(z) has z's positive part; where z <= 0 it cannot tell z < 0 from
-    z == 0, so a rule that needs that recomputes z (``exact``).
+    z == 0, so a rule that needs that recomputes z (``exact``). What the engine knows for sure saves checks:
+    ``relevance_on_positive``, the relevance arriving here is 0 wherever ``tensor`` is (it comes straight from the
+    next layer's rule, which multiplies by that layer's input, relu(z)); ``input_nonnegative``, this layer's input
+    is itself a rectified output.
     """
 
     tensor: Tensor
     rectified: bool = False
+    relevance_on_positive: bool = False
+    input_nonnegative: bool = False
 
     def exact(self, layer: AffineLayer, x: Tensor) -> Tensor:
         return layer.forward(x, *layer.params) if self.rectified else self.tensor
@@ -127,11 +132,13 @@ class LinearRule(Rule):
     The default hooks give LRP-0 with Zennit's stabilizer; parameters are the merged (BatchNorm) ones.
     ``uses_output``: ``relevance`` gets the layer's forward output z as ``extra`` (kept from the forward pass);
     ``rectified_output_suffices``: it gets a ``LayerOutput`` instead, which may hold relu(z) (see there).
+    ``relevance_vanishes_with_input``: the relevance it returns is 0 wherever the input is (R_in = x * ...).
     """
 
     stabilizer = 1e-6
     uses_output = False
     rectified_output_suffices = False
+    relevance_vanishes_with_input = False
 
     def modify_input(self, x: Tensor) -> Tensor:
         return x
@@ -170,6 +177,7 @@ class EpsilonRule(LinearRule):
     """R_i = x_i sum_j w_ji R_j / stab_eps(z_j), with z = W x + b the layer's own output (bias absorbs relevance)."""
 
     uses_output = True
+    relevance_vanishes_with_input = True
 
     def __init__(self, epsilon: float = 1e-6):
         if not epsilon >= 0:
@@ -214,6 +222,7 @@ class GammaRule(LinearRule):
 
     uses_output = True
     rectified_output_suffices = True
+    relevance_vanishes_with_input = True
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
         if not gamma >= 0:
@@ -234,14 +243,17 @@ class GammaRule(LinearRule):
         return weight, layer.derived((id(self), positive, shift), make_bias)
 
     def relevance(self, layer, x, output: LayerOutput, relevance):
-        if not _nonnegative(x):
+        if not (output.input_nonnegative or _nonnegative(x)):
             return self._mixed_sign_input(layer, x, output.exact(layer, x), relevance)
         eps = self.stabilizer
         w_up, b_up = self._boosted(layer, True, shift=eps)
-        r_up = torch.sign(output.tensor).clamp_(min=0).mul_(relevance).sub_(relevance)  # -[z <= 0] R, for now
-        low, high = torch.aminmax(r_up)
         z = None
-        if low == 0 and high == 0:  # after a ReLU all relevance sits on z > 0: one transpose
+        if output.relevance_on_positive:
+            r_up = relevance
+        else:
+            r_up = torch.sign(output.tensor).clamp_(min=0).mul_(relevance).sub_(relevance)  # -[z <= 0] R, for now
+            low, high = torch.aminmax(r_up)
+        if output.relevance_on_positive or (low == 0 and high == 0):  # after a ReLU: R on z > 0 only
             r_up = relevance
         elif output.rectified:  # relu(z) cannot tell z < 0 from z == 0
             z = output.exact(layer, x)
@@ -293,6 +305,8 @@ class AlphaBetaRule(LinearRule):
     z+ = W+ x+ + W- x- + b+, z- = W- x+ + W+ x- + b-;
     R_in = alpha (x+ W+^T s+ + x- W-^T s+) - beta (x+ W-^T s- + x- W+^T s-), s+- = R / stab(z+-).
     """
+
+    relevance_vanishes_with_input = True
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6):
         if alpha < 0 or beta < 0:
