@@ -247,20 +247,16 @@ class GammaRule(LinearRule):
             return self._mixed_sign_input(layer, x, output.exact(layer, x), relevance)
         eps = self.stabilizer
         w_up, b_up = self._boosted(layer, True, shift=eps)
-        z = None
-        if output.relevance_on_positive:
-            r_up = relevance
-        else:
-            r_up = torch.sign(output.tensor).clamp_(min=0).mul_(relevance).sub_(relevance)  # -[z <= 0] R, for now
-            low, high = torch.aminmax(r_up)
-        if output.relevance_on_positive or (low == 0 and high == 0):  # after a ReLU: R on z > 0 only
-            r_up = relevance
-        elif output.rectified:  # relu(z) cannot tell z < 0 from z == 0
-            z = output.exact(layer, x)
-            r_up = _on_sign(z, relevance, positive=True)
-        else:
-            z = output.tensor
-            r_up.add_(relevance)  # [z > 0] R, exactly: (R - R) + R = R and (0 - R) + R = 0
+        z, r_up = None, relevance  # z: needed only where relevance sits on z <= 0 (not after a ReLU)
+        if not output.relevance_on_positive:
+            minus_outside = torch.sign(output.tensor).clamp_(min=0).mul_(relevance).sub_(relevance)  # -[z <= 0] R
+            low, high = torch.aminmax(minus_outside)
+            if output.rectified and (low != 0 or high != 0):  # relu(z) cannot tell z < 0 from z == 0
+                z = output.exact(layer, x)
+                r_up = _on_sign(z, relevance, positive=True)
+            elif low != 0 or high != 0:
+                z = output.tensor
+                r_up = minus_outside.add_(relevance)  # [z > 0] R, exactly: (R - R) + R = R and (0 - R) + R = 0
         z_up = layer.forward(x, w_up, b_up)  # z_up + eps: > eps where z > 0, as z_up >= z for x >= 0
         if z is None:
             return layer.transpose(torch.div(r_up, z_up.clamp_(min=eps), out=z_up), w_up, x).mul_(x)
