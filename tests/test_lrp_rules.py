@@ -188,3 +188,44 @@ def test_zero_rule_drops_relevance_where_the_denominator_is_exactly_zero():
     result = our_relevance(layer, ZeroRule(), x, relevance)
     assert torch.isfinite(result).all()
     torch.testing.assert_close(result, torch.tensor([[1.0, 2.0]], dtype=torch.float64))
+
+
+class _ReLUsInPlace(nn.Module):
+    """A functional in-place ReLU (its gradient applies) and a ReLU module (Pass rule)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu(self.conv1(x), inplace=True)
+        x = self.relu(self.conv2(x))
+        return self.fc(self.conv3(x).flatten(1))
+
+
+@pytest.mark.parametrize("conv_rules", [("Gamma", "Flat", "Flat"), ("ZPlus", "Flat", "Flat"),
+                                        ("ZPlus", "Gamma", "Flat")], ids="-".join)
+def test_in_place_relus_equal_zennit(conv_rules):
+    """In-place ReLUs stay in place where no rule keeps their input (Gamma, ZPlus, Flat below them); the relevance
+    must not change. A Flat layer above a ReLU puts relevance where it outputs 0, where the functional ReLU's
+    gradient (Zennit: no rule) and the module's Pass rule differ."""
+    torch.manual_seed(7)
+    model = _ReLUsInPlace().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    names = ["conv1", "conv2", "conv3"]
+    ours = {name: RULES[rule][0]() for name, rule in zip(names, conv_rules)} | {"fc": EpsilonRule(), "relu": PassRule()}
+    theirs = {name: RULES[rule][1]() for name, rule in zip(names, conv_rules)} | {"fc": zr.Epsilon(), "relu": zr.Pass()}
+    handles = [theirs[name].register(getattr(model, name)) for name in theirs]
+    try:
+        x_grad = x.clone().requires_grad_(True)
+        output = model(x_grad)
+        (expected,) = torch.autograd.grad(output, x_grad, torch.eye(5, dtype=torch.float64)[[1, 3]])
+    finally:
+        for handle in handles:
+            handle.remove()
+    attribution = LRP(model, rules=ours)(x, torch.tensor([1, 3])).attribution
+    assert_relative_close(attribution, expected)

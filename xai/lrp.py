@@ -93,7 +93,7 @@ class _RelevanceForward(TorchFunctionMode):
     """During the LRP forward pass: additions of two activations become proportional sums, and in-place ops on
     activations (``F.relu(x, inplace=True)``, ``x += y``) run out of place, because the rules keep their inputs.
     The callers use the returned tensor (``+=`` rebinds the name), so the result is the same. The exception: an
-    in-place ReLU on an output whose rule needs only its positive part stays in place (``_Rectifiable``)."""
+    in-place ReLU on a layer output that no rule keeps exactly stays in place (``_Rectifiable.relu_in_place``)."""
 
     _ADD = {"add", "__add__", "__radd__", "add_", "__iadd__"}
 
@@ -114,7 +114,7 @@ class _RelevanceForward(TorchFunctionMode):
                 return _ProportionalSum.apply(a, b if alpha == 1 else alpha * b, self.stabilizer)
         if isinstance(args[0], Tensor) and args[0].requires_grad:
             if kwargs.get("inplace") is True:  # F.relu(x, inplace=True) and friends
-                if func is F.relu and self.rectifiable.rectify_in_place(args[0]):
+                if func is F.relu and self.rectifiable.relu_in_place(args[0]):
                     return args[0]
                 return func(*args, **{**kwargs, "inplace": False})
             out_of_place = getattr(Tensor, name[:-1], None) if name.endswith("_") and name[0] != "_" else None
@@ -191,7 +191,7 @@ class LRP(Analyzer):
             if rule is None:
                 continue
             if not isinstance(rule, LinearRule):
-                handles.append(module.register_forward_hook(_module_hook(rule, rectifiable, isinstance(module, nn.ReLU))))
+                handles += _module_hooks(module, rule, rectifiable)
             elif path in found.merged:
                 batch_norm = modules[found.merged[path]]
                 handles += _merged_hooks(module, batch_norm, self._affine(module, batch_norm), rule, rectifiable)
@@ -229,9 +229,10 @@ class LRP(Analyzer):
 class _Rectifiable:
     """The outputs of rule layers that need only their positive part (``LinearRule.rectified_output_suffices``),
     during one LRP pass. When a ReLU consumes one, its ``LayerOutput`` takes the ReLU's output instead, which the
-    next layer keeps anyway, so that the layer's own output can be freed; an in-place ReLU may then run in place,
-    saving an activation-sized allocation. In the backward pass it tells such a layer what it knows for sure
-    (``LayerOutput.relevance_on_positive``, ``input_nonnegative``), so the rule can skip checks.
+    next layer keeps anyway, so that the layer's own output can be freed. An in-place ReLU on such an output, or on
+    one whose rule keeps nothing of it, runs in place, saving an activation-sized allocation. In the backward pass
+    it tells such a layer what it knows for sure (``LayerOutput.relevance_on_positive``, ``input_nonnegative``), so
+    the rule can skip checks.
 
     Tensors are recognised by their storage (``data_ptr``) while they are alive (weak references): two live tensors
     starting at the same address are views of one storage.
@@ -239,14 +240,18 @@ class _Rectifiable:
 
     def __init__(self):
         self._waiting: dict[int, tuple[weakref.ref, LayerOutput]] = {}
+        self._unkept: dict[int, weakref.ref] = {}  # outputs whose rule keeps nothing of them
         self._rectified: dict[int, weakref.ref] = {}  # data_ptr -> a rectified output
         self._vanishing: dict[int, tuple[weakref.ref, int]] = {}  # data_ptr of R_in -> (R_in, data_ptr of x)
+        self.relu_rule: Rule | None = None  # the rule of the ReLU module running now, if any
 
     def relevance(self, x: Tensor, output: Tensor, layer: AffineLayer, rule: LinearRule) -> Tensor:
         layer_output = LayerOutput(output)
         result = _LinearRelevance.apply(x, layer_output, layer, rule, self)
         if rule.uses_output and rule.rectified_output_suffices:
             self._waiting[id(result)] = (weakref.ref(result), layer_output)
+        elif not rule.uses_output:
+            self._unkept[id(result)] = weakref.ref(result)
         return result
 
     def _pop(self, tensor: Tensor) -> LayerOutput | None:
@@ -262,13 +267,24 @@ class _Rectifiable:
         if layer_output is not None:
             self._mark_rectified(layer_output, relu_output)
 
-    def rectify_in_place(self, tensor: Tensor) -> bool:
-        """relu_ on ``tensor`` outside autograd, if it is such an output (its rule's backward never sees the
-        difference); False, and nothing done, otherwise."""
-        layer_output = self._pop(tensor)
-        if layer_output is None:
+    def relu_in_place(self, tensor: Tensor) -> bool:
+        """Apply an in-place ReLU in place if no rule keeps ``tensor`` exactly; else False, nothing done.
+
+        In a ReLU module with the Pass rule it runs outside autograd (the rule replaces the ReLU's gradient); as a
+        functional ReLU in ``forward()`` through autograd, so that its gradient applies, as in Zennit.
+        """
+        if self.relu_rule is not None and not isinstance(self.relu_rule, PassRule):
             return False
-        self._mark_rectified(layer_output, tensor.detach().relu_())
+        layer_output = self._pop(tensor)
+        ref = self._unkept.pop(id(tensor), None)
+        if layer_output is None and (ref is None or ref() is not tensor):
+            return False
+        if self.relu_rule is None:
+            torch.relu_(tensor)
+        else:
+            tensor.detach().relu_()
+        if layer_output is not None:
+            self._mark_rectified(layer_output, tensor.detach())
         return True
 
     def vanishes_where_zero(self, relevance: Tensor, x: Tensor) -> None:
@@ -311,13 +327,19 @@ def _merged_hooks(linear: nn.Module, batch_norm: nn.Module, layer: AffineLayer, 
     return [linear.register_forward_hook(linear_hook), batch_norm.register_forward_hook(batch_norm_hook)]
 
 
-def _module_hook(rule: Rule, rectifiable: _Rectifiable, is_relu: bool):
+def _module_hooks(module: nn.Module, rule: Rule, rectifiable: _Rectifiable) -> list:
+    is_relu = isinstance(module, nn.ReLU)
+
+    def pre_hook(module, args):
+        rectifiable.relu_rule = rule
+
     def hook(module, args, output):
         if is_relu:
+            rectifiable.relu_rule = None
             rectifiable.rectified(args[0], output.detach())
         return _ModuleRelevance.apply(args[0], output.detach(), module, rule)
 
-    return hook
+    return [module.register_forward_hook(hook)] + ([module.register_forward_pre_hook(pre_hook)] if is_relu else [])
 
 
 __all__ = ["LRP"]

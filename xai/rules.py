@@ -429,27 +429,39 @@ class ZBoxRule(LinearRule):
         return on_x.mul_(x).add_(on_low.mul_(low)).add_(on_high.mul_(high))
 
 
-class WSquareRule(LinearRule):
+class _OnesInputRule(LinearRule):
+    """A rule whose modified input is all ones (WSquare, Flat): z depends on the input's shape only, so it is
+    computed once per shape (for one sample, broadcast over the batch), and R_in = W~^T s needs no product."""
+
+    def modify_input(self, x):
+        return torch.ones_like(x)
+
+    def relevance(self, layer, x, extra, relevance):
+        weight, bias = self.modified_parameters(layer)
+
+        def denominator(w, b):
+            ones = torch.ones((1,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+            return self.modify_denominator(layer.forward(ones, weight, bias))
+
+        key = (id(self), "denominator", tuple(x.shape[1:]), x.dtype, x.device)
+        return layer.transpose(relevance / layer.derived(key, denominator), weight, x)
+
+
+class WSquareRule(_OnesInputRule):
     """R_i = sum_j w_ji^2 R_j / stab(sum_k w_jk^2 + b_j^2): input-independent (Zennit squares the bias too)."""
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = stabilizer
 
-    def modify_input(self, x):
-        return torch.ones_like(x)
-
     def modify_parameters(self, param, name):
         return param ** 2
 
 
-class FlatRule(LinearRule):
+class FlatRule(_OnesInputRule):
     """R_i = sum_j [i feeds j] R_j / n_j: spread uniformly over each output's receptive field (bias dropped)."""
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = stabilizer
-
-    def modify_input(self, x):
-        return torch.ones_like(x)
 
     def modify_parameters(self, param, name):
         return torch.ones_like(param) if name == "weight" else None
