@@ -19,7 +19,8 @@ random 224x224 images, and for each preset composite, prints
 Zennit is run as its documentation shows: ``zennit.attribution.Gradient`` with the composite of the same name and
 the canonizers for the model (``SequentialMergeBatchNorm``; ``ResNetCanonizer`` for ResNet50).
 
-Usage: ``python scripts/bench_lrp.py [--models vgg16 resnet50] [--batch 4] [--size 224] [--repeats 3]``
+Usage: ``python scripts/bench_lrp.py [--models vgg16 resnet50] [--batch 4] [--size 224] [--repeats 3]``;
+``--flops`` counts the FLOPs of one explanation per method instead (exact, unlike wall times on a shared machine).
 """
 import argparse
 import json
@@ -111,6 +112,34 @@ def memory(model_name: str, method: str, batch: int, size: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["mb"]
 
 
+def flops(model_name: str, methods: list[str], size: int) -> dict[str, float]:
+    """GFLOP of one explanation of one image per method, with torch's FLOP formulas (convolutions and matrix
+    products, forward and backward; element-wise work is not counted). Exact, so not disturbed by load."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Count(TorchDispatchMode):  # FlopCounterMode's module tracking breaks autograd.grad on a leaf
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.total += formula(*args, **kwargs, out_val=out)
+            return out
+
+    model, x = build(model_name, 1, size)
+    counted = {}
+    for method in methods:
+        run = make_runner(method, model, model_name)
+        run(x)  # the one-off dry run and weight caches are not part of an explanation
+        with Count() as count:
+            run(x)
+        counted[method] = count.total / 1e9
+    return counted
+
+
 def bench_model(model_name: str, batch: int, size: int, repeats: int, zennit: bool, with_memory: bool) -> list[dict]:
     model, x = build(model_name, batch, size)
     methods = ["gradient"] + [f"ours:{c}" for c in COMPOSITES] + ([f"zennit:{c}" for c in COMPOSITES] if zennit else [])
@@ -148,6 +177,10 @@ def bench_model(model_name: str, batch: int, size: int, repeats: int, zennit: bo
     return rows
 
 
+def _ratio(a: float, b: float) -> str:
+    return "-" if a != a or b != b else f"{a / b:.2f}x"  # NaN: not measured
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["vgg16", "resnet50"])
@@ -156,6 +189,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-zennit", action="store_true", help="skip Zennit (faster)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--flops", action="store_true", help="count FLOPs (batch 1) instead of timing")
     parser.add_argument("--memory-child", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -163,6 +197,16 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.size}x{args.size}, "
           f"{args.repeats} repeats, load average at start {os.getloadavg()[0]:.2f}")
+    if args.flops:
+        methods = ["gradient"] + [f"ours:{c}" for c in COMPOSITES] + ([] if args.no_zennit else
+                                                                        [f"zennit:{c}" for c in COMPOSITES])
+        print("| model | method | GFLOP | / gradient |")
+        print("|---|---|---|---|")
+        for model_name in args.models:
+            counted = flops(model_name, methods, args.size)
+            for method, gflop in counted.items():
+                print(f"| {model_name} | {method} | {gflop:.2f} | {gflop / counted['gradient']:.2f}x |")
+        return
     rows = []
     for model_name in args.models:
         rows += bench_model(model_name, args.batch, args.size, args.repeats, not args.no_zennit, not args.no_memory)
@@ -174,7 +218,7 @@ def main() -> None:
                         if "zennit_over_ours" in row else "- | -")
         print(f"| {row['model']} | {row['composite']} | {row['ours_over_gradient']:.2f}x | <= {FLOORS[row['composite']]}x "
               f"| {zennit_cells} | {row['mem_ours_over_gradient']:.2f}x "
-              f"| {row.get('zennit_mb', nan) / row['gradient_mb']:.2f}x |")
+              f"| {_ratio(row.get('zennit_mb', nan), row['gradient_mb'])} |")
     for model_name in args.models:
         r = next(r for r in rows if r["model"] == model_name)
         print(f"{model_name}: gradient {r['gradient_s']:.3f} s, {r['gradient_mb']:.0f} MB above the model and input")
