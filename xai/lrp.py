@@ -215,6 +215,7 @@ class LRP(Analyzer):
             x = x.detach().requires_grad_(True)
             with torch.enable_grad(), _RelevanceForward(self.composite.stabilizer, rectifiable):
                 output = self.model(x)
+            rectifiable.forward_done()
         finally:
             for h in handles:
                 h.remove()
@@ -253,6 +254,10 @@ class _Rectifiable:
         elif not rule.uses_output:
             self._unkept[id(result)] = weakref.ref(result)
         return result
+
+    def forward_done(self) -> None:
+        """No ReLU comes any more: drop the outputs still waiting, so that each is freed with its layer's node."""
+        self._waiting.clear()
 
     def _pop(self, tensor: Tensor) -> LayerOutput | None:
         ref, layer_output = self._waiting.pop(id(tensor), (None, None))
