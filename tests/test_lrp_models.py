@@ -10,6 +10,7 @@ from torch import nn
 import xai.composites as xc
 from xai import LRP, UnsupportedModelError
 from xai.composites import ByName, ByType, Composite, FirstLayer, IndexRange
+from xai.model_check import trace
 from xai.rules import EpsilonRule, FlatRule, GammaRule, LinearRule, NormRule, PassRule, ZeroRule, ZPlusRule, stabilize
 
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
@@ -63,6 +64,33 @@ def test_preset_composites_conserve_relevance_on_a_bias_free_relu_net(composite)
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     sums = LRP(model, composite)(x, target=2).attribution.sum(dim=(1, 2, 3))
     torch.testing.assert_close(sums, torch.ones(2, dtype=torch.float64), rtol=1e-8, atol=0)
+
+
+class ConvOutputBesideItsBatchNorm(nn.Module):
+    """A conv output read by its BatchNorm and, directly, by a residual sum: the BatchNorm cannot be merged."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 5, bias=False))
+        with torch.no_grad():  # a pure per-channel scale: relevance is conserved through it
+            self.bn.weight.uniform_(0.5, 2.0)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        c = self.conv(x)
+        return self.head(torch.relu(self.bn(c) + c))
+
+
+def test_a_layer_output_read_beside_its_batchnorm_is_not_merged_and_keeps_its_relevance():
+    torch.manual_seed(2)
+    model = ConvOutputBesideItsBatchNorm().double().eval()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    assert trace(model, x[:1]).merged == {}
+    composite = Composite(ByType((nn.Conv2d, nn.Linear), ZeroRule()), name="LRP0", stabilizer=1e-12)
+    sums = LRP(model, composite)(x, target=2).attribution.sum(dim=(1, 2, 3))
+    torch.testing.assert_close(sums, torch.ones(2, dtype=torch.float64), rtol=1e-10, atol=1e-10)
 
 
 def test_functional_residual_additions_split_relevance_instead_of_duplicating_it():

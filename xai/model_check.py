@@ -92,7 +92,8 @@ def check_modules(model: nn.Module, rules: dict[str, Rule]) -> None:
 
 @dataclass
 class Trace:
-    """What a dry run saw: the BatchNorm merged into each Linear/Conv path, and the problems found."""
+    """What a dry run saw: the BatchNorm merged into each Linear/Conv path (only where the BatchNorm is the sole
+    consumer of the layer's output), and the problems found."""
 
     merged: dict[str, str] = field(default_factory=dict)  # linear path -> batch norm path
     problems: list[str] = field(default_factory=list)
@@ -106,11 +107,17 @@ class _OpWatch(TorchFunctionMode):
         self.stack = stack
         self.softmax_results: dict[int, tuple[str, nn.Module, Tensor]] = {}
         self.products: list[tuple[str, nn.Module, str]] = []
+        self.uses: dict[int, int] = {}  # id of a tensor -> how many ops took it as an argument
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
+        if isinstance(result, Tensor):  # a consumer of its tensor arguments (not .size(), .dim(), ...)
+            for arg in list(args) + list(kwargs.values()):
+                for tensor in (arg if isinstance(arg, (list, tuple)) else [arg]):
+                    if isinstance(tensor, Tensor):
+                        self.uses[id(tensor)] = self.uses.get(id(tensor), 0) + 1
         where = self.stack[-1] if self.stack else ("", None)
         if name in _PRODUCT_OPS:
             carrying = [a for a in list(args) + list(kwargs.values())
@@ -129,13 +136,15 @@ def trace(model: nn.Module, sample: Tensor) -> Trace:
     stack: list[tuple[str, nn.Module]] = []
     calls: dict[nn.Module, int] = {}
     linear_outputs: dict[int, tuple[str, Tensor]] = {}
+    merged_outputs: dict[str, Tensor] = {}  # linear path -> its output, which its BatchNorm consumed
 
     def pre(module, args):
         stack.append((paths[module], module))
         calls[module] = calls.get(module, 0) + 1
         if isinstance(module, BATCH_NORM_TYPES) and args and id(args[0]) in linear_outputs:
-            linear_path, _ = linear_outputs.pop(id(args[0]))
+            linear_path, output = linear_outputs.pop(id(args[0]))
             found.merged[linear_path] = paths[module]
+            merged_outputs[linear_path] = output
 
     def post(module, args, output):
         stack.pop()
@@ -150,6 +159,9 @@ def trace(model: nn.Module, sample: Tensor) -> Trace:
     finally:
         for h in handles:
             h.remove()
+    for linear_path, output in merged_outputs.items():
+        if watch.uses.get(id(output), 0) > 1:  # the output also goes elsewhere: merging would cut that branch off
+            del found.merged[linear_path]
     for module, count in calls.items():
         if count > 1 and any(True for _ in module.parameters(recurse=False)):
             found.problems.append(_problem(paths[module], module, f"called {count} times in one forward pass "
