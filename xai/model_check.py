@@ -102,12 +102,13 @@ class Trace:
 class _OpWatch(TorchFunctionMode):
     """Records functional products of two activations and softmaxes, with the module that ran them."""
 
-    def __init__(self, stack: list[tuple[str, nn.Module]]):
+    def __init__(self, stack: list[tuple[str, nn.Module]], layer_outputs: dict[int, Tensor]):
         super().__init__()
         self.stack = stack
         self.softmax_results: dict[int, tuple[str, nn.Module, Tensor]] = {}
         self.products: list[tuple[str, nn.Module, str]] = []
-        self.uses: dict[int, int] = {}  # id of a tensor -> how many ops took it as an argument
+        self.layer_outputs = layer_outputs  # the Linear/Conv outputs so far, kept alive: their ids are unique
+        self.uses: dict[int, int] = {}  # id of such an output -> how many ops took it as an argument
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -116,7 +117,7 @@ class _OpWatch(TorchFunctionMode):
         if isinstance(result, Tensor):  # a consumer of its tensor arguments (not .size(), .dim(), ...)
             for arg in list(args) + list(kwargs.values()):
                 for tensor in (arg if isinstance(arg, (list, tuple)) else [arg]):
-                    if isinstance(tensor, Tensor):
+                    if isinstance(tensor, Tensor) and self.layer_outputs.get(id(tensor)) is tensor:
                         self.uses[id(tensor)] = self.uses.get(id(tensor), 0) + 1
         where = self.stack[-1] if self.stack else ("", None)
         if name in _PRODUCT_OPS:
@@ -137,6 +138,7 @@ def trace(model: nn.Module, sample: Tensor) -> Trace:
     calls: dict[nn.Module, int] = {}
     linear_outputs: dict[int, tuple[str, Tensor]] = {}
     merged_outputs: dict[str, Tensor] = {}  # linear path -> its output, which its BatchNorm consumed
+    layer_outputs: dict[int, Tensor] = {}  # every Linear/Conv output, by id
 
     def pre(module, args):
         stack.append((paths[module], module))
@@ -150,9 +152,10 @@ def trace(model: nn.Module, sample: Tensor) -> Trace:
         stack.pop()
         if isinstance(module, LINEAR_TYPES) and isinstance(output, Tensor):
             linear_outputs[id(output)] = (paths[module], output)  # keep the tensor alive: ids stay unique
+            layer_outputs[id(output)] = output
 
     handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
-    watch = _OpWatch(stack)
+    watch = _OpWatch(stack, layer_outputs)
     try:
         with torch.enable_grad(), watch:
             output = model(sample.detach().requires_grad_(True))
