@@ -196,7 +196,8 @@ class LRP(Analyzer):
                 batch_norm = modules[found.merged[path]]
                 handles += _merged_hooks(module, batch_norm, self._affine(module, batch_norm), rule, rectifiable)
             else:
-                handles.append(module.register_forward_hook(_linear_hook(self._affine(module, None), rule, rectifiable)))
+                layer = self._affine(module, None)
+                handles.append(module.register_forward_hook(_linear_hook(layer, rule, rectifiable)))
         return handles
 
     def _attribute(self, x: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:

@@ -102,13 +102,13 @@ class Trace:
 class _OpWatch(TorchFunctionMode):
     """Records functional products of two activations and softmaxes, with the module that ran them."""
 
-    def __init__(self, stack: list[tuple[str, nn.Module]], layer_outputs: dict[int, Tensor]):
+    def __init__(self, stack: list[tuple[str, nn.Module]], linear_outputs: dict[int, tuple[str, Tensor]]):
         super().__init__()
         self.stack = stack
         self.softmax_results: dict[int, tuple[str, nn.Module, Tensor]] = {}
         self.products: list[tuple[str, nn.Module, str]] = []
-        self.layer_outputs = layer_outputs  # the Linear/Conv outputs so far, kept alive: their ids are unique
-        self.uses: dict[int, int] = {}  # id of such an output -> how many ops took it as an argument
+        self.linear_outputs = linear_outputs  # id -> (path, output) of the Linear/Conv outputs so far
+        self.readers: dict[str, int] = {}  # Linear/Conv path -> how many ops took its output as an argument
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -117,8 +117,9 @@ class _OpWatch(TorchFunctionMode):
         if isinstance(result, Tensor):  # a consumer of its tensor arguments (not .size(), .dim(), ...)
             for arg in list(args) + list(kwargs.values()):
                 for tensor in (arg if isinstance(arg, (list, tuple)) else [arg]):
-                    if isinstance(tensor, Tensor) and self.layer_outputs.get(id(tensor)) is tensor:
-                        self.uses[id(tensor)] = self.uses.get(id(tensor), 0) + 1
+                    path, output = self.linear_outputs.get(id(tensor), (None, None))
+                    if output is tensor:
+                        self.readers[path] = self.readers.get(path, 0) + 1
         where = self.stack[-1] if self.stack else ("", None)
         if name in _PRODUCT_OPS:
             carrying = [a for a in list(args) + list(kwargs.values())
@@ -136,34 +137,29 @@ def trace(model: nn.Module, sample: Tensor) -> Trace:
     paths = {m: p for p, m in model.named_modules()}
     stack: list[tuple[str, nn.Module]] = []
     calls: dict[nn.Module, int] = {}
-    linear_outputs: dict[int, tuple[str, Tensor]] = {}
-    merged_outputs: dict[str, Tensor] = {}  # linear path -> its output, which its BatchNorm consumed
-    layer_outputs: dict[int, Tensor] = {}  # every Linear/Conv output, by id
+    linear_outputs: dict[int, tuple[str, Tensor]] = {}  # id -> (path, output), kept alive: ids stay unique
 
     def pre(module, args):
         stack.append((paths[module], module))
         calls[module] = calls.get(module, 0) + 1
         if isinstance(module, BATCH_NORM_TYPES) and args and id(args[0]) in linear_outputs:
-            linear_path, output = linear_outputs.pop(id(args[0]))
-            found.merged[linear_path] = paths[module]
-            merged_outputs[linear_path] = output
+            found.merged.setdefault(linear_outputs[id(args[0])][0], paths[module])
 
     def post(module, args, output):
         stack.pop()
         if isinstance(module, LINEAR_TYPES) and isinstance(output, Tensor):
-            linear_outputs[id(output)] = (paths[module], output)  # keep the tensor alive: ids stay unique
-            layer_outputs[id(output)] = output
+            linear_outputs[id(output)] = (paths[module], output)
 
     handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
-    watch = _OpWatch(stack, layer_outputs)
+    watch = _OpWatch(stack, linear_outputs)
     try:
         with torch.enable_grad(), watch:
             output = model(sample.detach().requires_grad_(True))
     finally:
         for h in handles:
             h.remove()
-    for linear_path, output in merged_outputs.items():
-        if watch.uses.get(id(output), 0) > 1:  # the output also goes elsewhere: merging would cut that branch off
+    for linear_path in list(found.merged):
+        if watch.readers.get(linear_path, 0) > 1:  # the output also goes elsewhere: merging would cut that off
             del found.merged[linear_path]
     for module, count in calls.items():
         if count > 1 and any(True for _ in module.parameters(recurse=False)):

@@ -44,6 +44,13 @@ def stabilize_(z: Tensor, epsilon: float) -> Tensor:
     return z.add_(signed_epsilon(z, epsilon))
 
 
+def _shifted(bias: Tensor | None, shift: float, weight: Tensor) -> Tensor | None:
+    """bias + shift, a missing bias counting as 0 (None if there is nothing to add)."""
+    if bias is None:
+        return torch.full((weight.shape[0],), shift, dtype=weight.dtype, device=weight.device) if shift else None
+    return bias + shift
+
+
 def _positive(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.clamp(min=0)
 
@@ -236,9 +243,7 @@ class GammaRule(LinearRule):
         weight = layer.derived((id(self), positive), lambda w, b: w + self.gamma * part(w))
 
         def make_bias(w, b):
-            if b is None:
-                return torch.full((w.shape[0],), shift, dtype=w.dtype, device=w.device) if shift else None
-            return b + self.gamma * part(b) + shift
+            return _shifted(None if b is None else b + self.gamma * part(b), shift, w)
 
         return weight, layer.derived((id(self), positive, shift), make_bias)
 
@@ -251,12 +256,12 @@ class GammaRule(LinearRule):
         if not output.relevance_on_positive:
             minus_outside = torch.sign(output.tensor).clamp_(min=0).mul_(relevance).sub_(relevance)  # -[z <= 0] R
             low, high = torch.aminmax(minus_outside)
-            if output.rectified and (low != 0 or high != 0):  # relu(z) cannot tell z < 0 from z == 0
-                z = output.exact(layer, x)
-                r_up = _on_sign(z, relevance, positive=True)
-            elif low != 0 or high != 0:
-                z = output.tensor
-                r_up = minus_outside.add_(relevance)  # [z > 0] R, exactly: (R - R) + R = R and (0 - R) + R = 0
+            if low != 0 or high != 0:
+                z = output.exact(layer, x)  # relu(z) cannot tell z < 0 from z == 0: recomputed
+                if output.rectified:
+                    r_up = _on_sign(z, relevance, positive=True)
+                else:  # [z > 0] R, exactly: (R - R) + R = R and (0 - R) + R = 0
+                    r_up = minus_outside.add_(relevance)
         z_up = layer.forward(x, w_up, b_up)  # z_up + eps: > eps where z > 0, as z_up >= z for x >= 0
         if z is None:
             return layer.transpose(torch.div(r_up, z_up.clamp_(min=eps), out=z_up), w_up, x).mul_(x)
@@ -319,11 +324,7 @@ class AlphaBetaRule(LinearRule):
         (At z- == 0 Zennit adds +eps, but then every x_i w-_ji is 0 and the sign does not matter.)"""
         eps = self.stabilizer if positive else -self.stabilizer
         part = _positive if positive else _negative
-
-        def make(w, b):
-            return torch.full((w.shape[0],), eps, dtype=w.dtype, device=w.device) if b is None else part(b) + eps
-
-        return layer.derived(("shifted bias", positive, eps), make)
+        return layer.derived(("shifted bias", positive, eps), lambda w, b: _shifted(part(b), eps, w))
 
     def relevance(self, layer, x, extra, relevance):
         eps = self.stabilizer
@@ -468,6 +469,6 @@ class FlatRule(_OnesInputRule):
 
 
 __all__ = [
-    "AlphaBetaRule", "EpsilonRule", "FlatRule", "GammaRule", "LayerOutput", "LinearRule", "NormRule", "PassRule", "Rule",
-    "WSquareRule", "ZBoxRule", "ZPlusRule", "ZeroRule", "signed_epsilon", "stabilize", "stabilize_",
+    "AlphaBetaRule", "EpsilonRule", "FlatRule", "GammaRule", "LayerOutput", "LinearRule", "NormRule", "PassRule",
+    "Rule", "WSquareRule", "ZBoxRule", "ZPlusRule", "ZeroRule", "signed_epsilon", "stabilize", "stabilize_",
 ]
