@@ -33,15 +33,18 @@ def weighted_gradient_sum(
     target: Tensor,
     batch_size: int,
     desc: str = "gradients",
+    fold: bool = False,
 ) -> Tensor:
     """``sum_s weights[s] * d model(points_s)[n, target[n]] / d points_s[n]`` for every sample n.
 
     ``points(step, sample)`` returns the inputs for the given index pairs (one chunk, at most ``batch_size``).
     Chunks visit the steps in increasing order, so ``points`` may draw them lazily (e.g. seeded noise).
-    The step weight is folded into the backward seed, so each chunk costs one forward and one backward;
-    the model runs with its BatchNorm folded into the layer before (same function, less work).
+    The step weight is folded into the backward seed, so each chunk costs one forward and one backward.
+    ``fold=True`` runs the model with its BatchNorm folded into the layer before: the same function up to
+    rounding, but rounding can move a point across a ReLU or MaxPool tie, so it is an opt-in speed-up.
     """
-    model = fold_batchnorm(model)
+    if fold:
+        model = fold_batchnorm(model)
     n, steps = target.shape[0], weights.shape[0]
     total = steps * n
     total_grad: Tensor | None = None

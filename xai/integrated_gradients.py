@@ -71,7 +71,8 @@ class IntegratedGradients(Analyzer):
 
     ``baseline`` defaults to zeros; ``scheme`` picks the quadrature (see the module docstring), kept in
     ``points`` (positions a in [0, 1] on the path) and ``weights``; at most ``batch_size`` path points
-    go through the model at once.
+    go through the model at once. ``fold_batchnorm=True``: as in ``SmoothGrad``, an opt-in speed-up
+    whose rounding can break ties (flat baselines make many) differently from the model itself.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class IntegratedGradients(Analyzer):
         baseline: Baseline = None,
         scheme: str = "riemann_trapezoid",
         batch_size: int = 32,
+        fold_batchnorm: bool = False,
     ):
         super().__init__(model)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -88,6 +90,7 @@ class IntegratedGradients(Analyzer):
         self.points, self.weights = quadrature(scheme, steps)
         self.steps, self.baseline, self.scheme = steps, baseline, scheme
         self.batch_size = check_batch_size(batch_size)
+        self.fold_batchnorm = bool(fold_batchnorm)
 
     def _attribute(self, x, target):
         baseline = resolve_baseline(self.baseline, x)
@@ -98,5 +101,7 @@ class IntegratedGradients(Analyzer):
         def path(step: Tensor, sample: Tensor) -> Tensor:
             return baseline[sample] + points[step] * difference[sample]
 
-        grad = weighted_gradient_sum(self.model, path, self.weights, resolved, self.batch_size, desc="IG")
+        grad = weighted_gradient_sum(
+            self.model, path, self.weights, resolved, self.batch_size, desc="IG", fold=self.fold_batchnorm
+        )
         return difference * grad, output, resolved

@@ -51,7 +51,9 @@ class SmoothGrad(Analyzer):
 
     sigma = noise_level * (max(x) - min(x)) per sample. The noise is seeded (``seed=None`` draws a seed
     from torch's global generator, so ``torch.manual_seed`` makes it reproducible). At most
-    ``batch_size`` noisy inputs go through the model at once.
+    ``batch_size`` noisy inputs go through the model at once. ``fold_batchnorm=True`` runs a copy with
+    BatchNorm folded into the convolutions (see ``xai.batchnorm_folding``): equal up to rounding, which can
+    break a ReLU/MaxPool tie the other way, so it is off by default and the result is the model's own.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class SmoothGrad(Analyzer):
         noise_level: float = 0.1,
         seed: int | None = None,
         batch_size: int = 32,
+        fold_batchnorm: bool = False,
     ):
         super().__init__(model)
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -71,6 +74,7 @@ class SmoothGrad(Analyzer):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         self.samples, self.noise_level, self.seed = samples, float(noise_level), seed
         self.batch_size = check_batch_size(batch_size)
+        self.fold_batchnorm = bool(fold_batchnorm)
 
     def _attribute(self, x, target):
         output, resolved = predict(self.model, x, target)
@@ -83,5 +87,7 @@ class SmoothGrad(Analyzer):
             return x[sample] + sigma[sample] * noise.steps(first, int(step[-1]) + 1)[step - first]
 
         weights = torch.full((self.samples,), 1.0 / self.samples, dtype=torch.float64)
-        grad = weighted_gradient_sum(self.model, noisy, weights, resolved, self.batch_size, desc="SmoothGrad")
+        grad = weighted_gradient_sum(
+            self.model, noisy, weights, resolved, self.batch_size, desc="SmoothGrad", fold=self.fold_batchnorm
+        )
         return grad, output, resolved
