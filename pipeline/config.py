@@ -55,12 +55,14 @@ class SmoothGradConf:
     name: str = "smoothgrad"
     samples: int = 50
     noise_level: float = 0.1
+    fold_batchnorm: bool = False  # opt-in speed-up: equal up to rounding, which can break ReLU/MaxPool ties
 
 
 @dataclass
 class IntegratedGradientsConf:
     name: str = "integrated_gradients"
     steps: int = 50
+    fold_batchnorm: bool = False  # opt-in speed-up: equal up to rounding, which can break ReLU/MaxPool ties
 
 
 @dataclass

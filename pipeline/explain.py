@@ -47,9 +47,11 @@ def build_analyzer(model: nn.Module, method: DictConfig, composite: DictConfig, 
     if name == "input_x_gradient":
         return xai.InputTimesGradient(model)
     if name == "smoothgrad":
-        return xai.SmoothGrad(model, samples=method.samples, noise_level=method.noise_level, seed=seed)
+        return xai.SmoothGrad(
+            model, samples=method.samples, noise_level=method.noise_level, seed=seed, fold_batchnorm=method.fold_batchnorm
+        )
     if name == "integrated_gradients":
-        return xai.IntegratedGradients(model, steps=method.steps)
+        return xai.IntegratedGradients(model, steps=method.steps, fold_batchnorm=method.fold_batchnorm)
     return xai.LRP(model, composite=build_composite(composite))
 
 
