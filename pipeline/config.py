@@ -90,8 +90,8 @@ class BoxCompositeConf:
     name: str = "epsilon_gamma_box"
     epsilon: float = 1e-6
     gamma: float = 0.25
-    low: float = MISSING
-    high: float = MISSING
+    low: Any = MISSING  # a number, or a list with one number per channel
+    high: Any = MISSING
 
 
 @dataclass
@@ -116,8 +116,8 @@ class DatasetConf:
     num_shards: int = 1  # sharding: the i-th of K disjoint parts (see pipeline.data.select_samples)
     shard: int = 0
     transforms: list[Any] = field(default_factory=list)  # torchvision transforms as _target_ nodes
-    input_low: float = 0.0  # the range of the model's input values (after transforms), for ZBox
-    input_high: float = 1.0
+    input_low: Any = 0.0  # the range of the model's input values (after transforms), for ZBox: a number or per channel
+    input_high: Any = 1.0
     on_corrupt: OnCorrupt = OnCorrupt.skip
     num_workers: int = 0
 

@@ -9,6 +9,8 @@ import warnings
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from pipeline.input_range import composite_bound
+
 METHODS = ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "lrp")
 COMPOSITES = {
     "epsilon_gamma_box": "EpsilonGammaBox",
@@ -63,4 +65,7 @@ def build_composite(composite: DictConfig):
     if name not in COMPOSITES:
         raise ValueError(f"composite={name} is unknown; available: {', '.join(COMPOSITES)}")
     kwargs = {k: v for k, v in OmegaConf.to_container(composite, resolve=True).items() if k != "name"}
+    for bound in ("low", "high"):  # per-channel bounds (a list) become a (1, C, 1, 1) tensor
+        if bound in kwargs:
+            kwargs[bound] = composite_bound(kwargs[bound], f"composite.{bound}")
     return getattr(xai.composites, COMPOSITES[name])(**kwargs)

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from pipeline.config import TargetChoice, config_hash, run_name, validate
 from pipeline.data import batch_plan, dataset_source, iterate_batches, load_dataset, plan_index, select_samples
 from pipeline.evaluate import METRICS, Faithfulness
-from pipeline.explain import build_analyzer, effective_composite
+from pipeline.explain import build_analyzer, build_composite, effective_composite
+from pipeline.input_range import check_input_range, input_bounds
 from pipeline.models import load_model, resolve_device
 from pipeline.report import summarize
 from pipeline.results import RunFolder
@@ -62,7 +63,11 @@ def explain_and_score(
     kill_after = int(os.environ.get(KILL_AFTER_BATCHES_ENV, 0))
     loaded = iterate_batches(data, list(batches.values()), cfg.dataset.on_corrupt, cfg.dataset.num_workers)
     progress = tqdm(zip(batches, loaded), total=len(batches), desc="explain + evaluate", unit="batch")
+    range_checked = False
     for done, (index, batch) in enumerate(progress, start=1):
+        if len(batch.ids) and not range_checked:  # once per run: warns when the data break ZBox's bounds
+            check_input_range(batch.x, cfg.dataset.input_low, cfg.dataset.input_high)
+            range_checked = True
         for path, sample_id in zip(batch.skipped, batch.skipped_ids):
             log.warning("skipped unreadable image %s (sample %d): %s", path.path, sample_id, path.reason)
         arrays = _skipped_arrays(batch)
@@ -144,7 +149,10 @@ def dataset_digest(dataset: DictConfig, ids: list[int]) -> str:
 def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
     """Run (or resume) one config into ``output_dir``, then publish it unless ``tracking.publish=false``."""
     validate(cfg)
+    input_bounds(cfg.dataset.input_low, cfg.dataset.input_high)  # bad bounds fail before any work
     composite = effective_composite(cfg.method, cfg.composite)  # method=lrp composite=none fails before any work
+    if composite != "none":
+        build_composite(cfg.composite)  # so do bad rule parameters
     start = perf_counter()
     folder = RunFolder(output_dir)
     torch.manual_seed(cfg.seed)

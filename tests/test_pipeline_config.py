@@ -11,6 +11,7 @@ GROUPS = ("method", "composite", "model", "dataset", "evaluation", "tracking", "
 NEEDS_VALUES = {  # options with mandatory (???) values and the overrides that fill them
     "model=custom": ["model.module._target_=pipeline.bundled.DigitsCNN", "model.checkpoint=/tmp/net.pt"],
     "dataset=image_folder": ["dataset.path=/tmp/images"],
+    "dataset=imagenet": ["dataset.path=/tmp/images"],
     "dataset=cifar10": ["dataset.path=/tmp/cifar"],
 }
 
@@ -60,7 +61,7 @@ def test_experiment_preset_overrides_globals():
 
 
 @pytest.mark.parametrize("override, key, words", [
-    ("composite.low=abc", "composite.low", "Float"),
+    ("composite.gamma=abc", "composite.gamma", "Float"),
     ("dataset.limit=many", "dataset.limit", "Integer"),
     ("batch_size=1.5", "batch_size", "Integer"),
     ("dataset.on_corrupt=maybe", "dataset.on_corrupt", "skip, fail"),
