@@ -85,6 +85,10 @@ class PerturbationMetric(ABC):
         fraction = flipped_fraction(step_of).to(device=x.device, dtype=x.dtype)
         return [PerturbationResult(c, fraction, target, order) for c, order in zip(curves, orders)]
 
+    def steps_for(self, shape: Sequence[int]) -> int:
+        """The number of flip steps (forward passes per sample and order) on inputs of ``shape`` (C, H, W)."""
+        return number_of_steps(step_of_rank(*self._schedule(torch.empty((1, *shape), device="meta"))))
+
     @abstractmethod
     def _schedule(self, x: Tensor) -> tuple[int, int | None, int | None, str]:
         """(number of units of ``x``, units per step, number of steps, the units in words for error messages).

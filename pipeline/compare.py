@@ -20,12 +20,15 @@ COLUMNS = {
     "run": "tags.mlflow.runName",
     "method": "tags.method",
     "composite": "tags.composite",
+    "model": "tags.model",
+    "dataset": "tags.dataset",
     "srg": "metrics.faithfulness/srg",
     "auc_morf": "metrics.faithfulness/auc_morf",
     "auc_lerf": "metrics.faithfulness/auc_lerf",
     "aopc_morf": "metrics.faithfulness/aopc_morf",
     "samples": "metrics.data/samples",
     "run_id": "run_id",
+    "output_dir": "tags.output_dir",
 }
 COMPARISON_TAG = "comparison"
 ARTIFACT_DIR = "comparison"
@@ -62,15 +65,20 @@ def find_runs(uri: str, experiment: str, parent: Optional[str] = None, filter_st
         clauses.append(filter_string)
     runs = search_runs(uri, experiment_names=[experiment], filter_string=" and ".join(clauses))
     if runs.empty or COLUMNS["srg"] not in runs:
-        return pd.DataFrame(columns=list(COLUMNS))
+        return pd.DataFrame(columns=[c for c in COLUMNS if c != "output_dir"])
     runs = runs[runs[COLUMNS["srg"]].notna()]
     table = pd.DataFrame({name: runs.get(column, pd.Series(np.nan, index=runs.index)) for name, column in COLUMNS.items()})
+    # A sweep that reuses a finished folder logs it again under its own parent: list those results once (newest run;
+    # search_runs returns newest first).
+    reused = table["output_dir"].notna() & table.duplicated("output_dir", keep="first")
+    table = table[~reused].drop(columns="output_dir")
     return table.sort_values("srg", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def format_table(table: pd.DataFrame) -> str:
     """The ranking as aligned text, rank 1 = highest SRG."""
-    shown = table.drop(columns=["run_id"]).copy()
+    shown = table.copy()
+    shown["run_id"] = shown["run_id"].str[:8]  # enough to tell runs apart; the full id is in --log's CSV
     shown.index = pd.RangeIndex(1, len(shown) + 1, name="rank")
     shown["samples"] = shown["samples"].astype("Int64")
     return shown.to_string(float_format=lambda v: f"{v:.4f}")

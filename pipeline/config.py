@@ -125,7 +125,8 @@ class DatasetConf:
 @dataclass
 class EvaluationConf:
     name: str = "pixel_flipping"
-    features_in_step: int = 32
+    steps: Optional[int] = None  # flip steps whatever the image size (neither given: 32 steps)
+    features_in_step: Optional[int] = None  # or: pixels flipped per step
     baseline: Any = 0.0  # a number, or "mean" / "blur" / "uniform"
     unit: str = "pixel"
     softmax: bool = True
@@ -192,6 +193,13 @@ def _config_hash_resolver(*, _root_: DictConfig) -> str:
     return config_hash(_root_)
 
 
+def _run_identity_resolver(*, _root_: DictConfig) -> str:
+    """The output folder's name: the config hash and a digest of the checkpoint, data and code (pipeline.identity)."""
+    from pipeline.identity import identity_digest, input_identity
+
+    return identity_digest(config_hash(_root_), input_identity(_root_))
+
+
 def run_name(method: str, composite: str) -> str:
     """``<method>-<composite>``, with ``none`` for methods that take no composite: the MLflow run name."""
     from pipeline.explain import uses_composite
@@ -205,7 +213,8 @@ def shard_subdir(shard: int, num_shards: int) -> str:
 
 
 for _name, _resolver in (
-    ("config_hash", _config_hash_resolver), ("run_name", run_name), ("shard_subdir", shard_subdir)
+    ("config_hash", _config_hash_resolver), ("run_identity", _run_identity_resolver), ("run_name", run_name),
+    ("shard_subdir", shard_subdir),
 ):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)

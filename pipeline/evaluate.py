@@ -27,15 +27,27 @@ class Faithfulness:
 
         if cfg.name != "pixel_flipping":
             raise ValueError(f"evaluation={cfg.name} is unknown; available: pixel_flipping")
+        if cfg.steps is not None and cfg.features_in_step is not None:
+            raise ValueError(f"evaluation.steps={cfg.steps} and evaluation.features_in_step={cfg.features_in_step}: "
+                             "give one (steps: that many steps whatever the image size; features_in_step: that many "
+                             "pixels per step)")
         baseline = cfg.baseline if isinstance(cfg.baseline, str) else float(cfg.baseline)
         self.metric = PixelFlipping(
             features_in_step=cfg.features_in_step,
+            steps=cfg.steps,  # neither given: PixelFlipping's 32 steps
             baseline=baseline,
             unit=cfg.unit,
             softmax=cfg.softmax,
             batch_size=cfg.batch_size,
-            progress=False,  # the pipeline shows one bar over its batches
+            progress=True,  # a bar within a batch when its perturbed inputs take more than one chunk
         )
+
+    def plan(self, shape: tuple[int, ...], samples: int) -> str:
+        """The forward passes that scoring ``samples`` inputs of ``shape`` (C, H, W) takes, in words."""
+        steps = self.metric.steps_for(shape)
+        passes = samples * (1 + 2 * steps)
+        return (f"scoring: {samples} samples x (1 unperturbed + 2 orders x {steps} steps) = {passes} forward passes, "
+                f"in chunks of {self.metric.batch_size} inputs")
 
     def __call__(self, model: nn.Module, x: Tensor, attribution: Tensor, target: Tensor, seed: int) -> Scores:
         """Score one batch; ``seed`` feeds a random baseline, so a resumed batch repeats its draws."""

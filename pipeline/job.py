@@ -10,7 +10,6 @@ import logging
 import os
 import random
 import signal
-import subprocess
 from pathlib import Path
 from time import perf_counter, sleep
 from typing import Any
@@ -25,28 +24,18 @@ from pipeline.config import TargetChoice, config_hash, run_name, validate
 from pipeline.data import batch_plan, dataset_source, iterate_batches, load_dataset, plan_index, select_samples
 from pipeline.evaluate import METRICS, Faithfulness
 from pipeline.explain import build_analyzer, build_composite, effective_composite
+from pipeline.identity import changes, code_version, input_identity
 from pipeline.input_range import check_input_range, input_bounds
 from pipeline.models import load_model, resolve_device
 from pipeline.report import summarize
 from pipeline.results import RunFolder
-from pipeline.tracking import TrackingUnavailable, publish, publish_command, resolve_tracking_uri
+from pipeline.tracking import TrackingUnavailable, publish, publish_command, resolve_tracking_uri, run_url
 from xai.model_guard import model_device
 
 log = logging.getLogger(__name__)
 
 #: Fault injection for the resume tests: SIGKILL this process after writing that many batches.
 KILL_AFTER_BATCHES_ENV = "PIPELINE_KILL_AFTER_BATCHES"
-
-
-def git_commit() -> str:
-    """The commit of the code that computes the results ("unknown" outside a git checkout)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
-        )
-    except OSError:
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def explain_and_score(
@@ -63,11 +52,13 @@ def explain_and_score(
     kill_after = int(os.environ.get(KILL_AFTER_BATCHES_ENV, 0))
     loaded = iterate_batches(data, list(batches.values()), cfg.dataset.on_corrupt, cfg.dataset.num_workers)
     progress = tqdm(zip(batches, loaded), total=len(batches), desc="explain + evaluate", unit="batch")
-    range_checked = False
+    first_batch = True
     for done, (index, batch) in enumerate(progress, start=1):
-        if len(batch.ids) and not range_checked:  # once per run: warns when the data break ZBox's bounds
+        if len(batch.ids) and first_batch:  # once per run, before any work: the cost, and ZBox's bounds
+            samples = sum(len(ids) for ids in batches.values())
+            log.info(faithfulness.plan(tuple(batch.x.shape[1:]), samples))
             check_input_range(batch.x, cfg.dataset.input_low, cfg.dataset.input_high)
-            range_checked = True
+            first_batch = False
         for path, sample_id in zip(batch.skipped, batch.skipped_ids):
             log.warning("skipped unreadable image %s (sample %d): %s", path.path, sample_id, path.reason)
         arrays = _skipped_arrays(batch)
@@ -124,7 +115,7 @@ def manifest_for(
     """What the folder holds: the samples, their batches, and the labels the run is tagged with."""
     return {
         "config_hash": config_hash(cfg),
-        "run_name": run_name(cfg.method.name, cfg.composite.name),
+        "run_name": f"{run_name(cfg.method.name, cfg.composite.name)} ({cfg.model.name} on {cfg.dataset.name})",
         "method": cfg.method.name,
         "composite": composite,
         "model": cfg.model.name,
@@ -137,7 +128,8 @@ def manifest_for(
         "sample_ids": ids,
         "batches": batches,
         "heatmap_ids": heatmap_ids,
-        "git_commit": git_commit(),
+        "git_commit": code_version().split("+")[0],
+        "inputs": input_identity(cfg),
     }
 
 
@@ -164,9 +156,10 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
     batches = batch_plan(ids, cfg.batch_size)
     config_yaml = OmegaConf.to_yaml({k: cfg[k] for k in cfg if k != "hydra"}, resolve=True)
     classes = {"classes": list(getattr(data, "classes", None) or [])}  # for the titles of a later shard merge
-    manifest = folder.start(manifest_for(cfg, composite, ids, batches, heatmap_ids) | classes, config_yaml)
-    if manifest["git_commit"] != git_commit():
-        log.warning("resuming results computed at commit %s with commit %s", manifest["git_commit"], git_commit())
+    wanted = manifest_for(cfg, composite, ids, batches, heatmap_ids) | classes
+    if not folder.manifest_file.exists():
+        _say_why_afresh(folder, cfg, wanted)
+    folder.start(wanted, config_yaml)
 
     if folder.is_complete:
         log.info("%s is complete already: nothing to compute", folder.path)
@@ -187,12 +180,29 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
         log.info("shard %d of %d done; merge the shards with: python -m pipeline.merge %s",
                  cfg.dataset.shard, cfg.dataset.num_shards, folder.path.parent)
     elif cfg.tracking.publish:
-        publish_or_explain(folder, resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, dict(cfg.tracking.tags))
+        uri = resolve_tracking_uri(cfg.tracking.uri)
+        run_id = publish_or_explain(folder, uri, cfg.tracking.experiment, dict(cfg.tracking.tags))
+        if run_id:
+            log.info("MLflow run: %s", run_url(uri, run_id))
+    log.info("results: %s", folder.path.resolve())
     return folder
 
 
 #: Publishing attempts before giving up: parallel jobs on one SQLite store can hit "database is locked".
 PUBLISH_ATTEMPTS = 4
+
+
+def _say_why_afresh(folder: RunFolder, cfg: DictConfig, manifest: dict[str, Any]) -> None:
+    """A new folder for a config run before: name what changed (checkpoint, data files, code) since the latest one."""
+    config_folder = folder.path.parent if cfg.dataset.num_shards > 1 else folder.path
+    earlier = [p for p in config_folder.parent.glob(f"{manifest['config_hash']}-*/**/manifest.json")
+               if config_folder.name not in p.parts]
+    if not earlier:
+        return
+    latest = max(earlier, key=lambda p: p.stat().st_mtime)
+    previous = json.loads(latest.read_text()).get("inputs", {})
+    what = "; ".join(changes(previous, manifest["inputs"])) or "the inputs changed"
+    log.info("%s since %s: computing afresh in %s", what, latest.parent, folder.path)
 
 
 def publish_or_explain(folder: RunFolder, uri: str, experiment: str, tags: dict[str, str]) -> str | None:

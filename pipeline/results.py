@@ -57,10 +57,11 @@ class RunFolder:
         """Begin or resume: a new folder gets a fresh run key; an existing one must hold the same work."""
         if self.manifest_file.exists():
             previous = read_json(self.manifest_file)
-            for key in ("sample_ids", "batches", "config_hash"):
+            for key in ("sample_ids", "batches", "config_hash", "inputs"):
                 if previous.get(key) != manifest.get(key):
                     raise ValueError(
-                        f"{self.path} holds results of a different run ({key} differs); "
+                        f"{self.path} holds results of a different run ({key} differs: "
+                        f"{str(previous.get(key))[:80]} vs {str(manifest.get(key))[:80]}); "
                         f"delete the folder or choose another hydra.run.dir"
                     )
             return previous

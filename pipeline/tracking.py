@@ -42,6 +42,17 @@ def publish_command(folder: RunFolder, uri: str, experiment: str) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
+def run_url(uri: str, run_id: str) -> str:
+    """Where a run is seen in the MLflow UI: the server's page, or for a local store the page ``mlflow ui`` serves."""
+    from mlflow import MlflowClient
+
+    experiment_id = MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"http://127.0.0.1:5000/{page} (start the UI with: mlflow ui --backend-store-uri {uri})"
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast (instead of MLflow's minutes of retries) when an HTTP tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
@@ -97,6 +108,7 @@ def publish(folder: RunFolder, uri: str, experiment: str, extra_tags: Optional[d
         "git_commit": manifest["git_commit"],
         "mlflow.source.git.commit": manifest["git_commit"],
         "config_hash": manifest["config_hash"],
+        **manifest.get("inputs", {}),  # checkpoint_sha256, data_digest, code_version
         "output_dir": str(folder.path.resolve()),
         **({"mlflow.parentRunId": parent} if parent else {}),
         **(extra_tags or {}),

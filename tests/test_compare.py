@@ -11,8 +11,8 @@ from PIL import Image
 from pipeline.compare import curves, find_runs, main
 
 
-def log_run(client, eid, method, composite, srg, morf, lerf, parent=None):
-    tags = {"method": method, "composite": composite, **({"mlflow.parentRunId": parent} if parent else {})}
+def log_run(client, eid, method, composite, srg, morf, lerf, parent=None, **more_tags):
+    tags = {"method": method, "composite": composite, **({"mlflow.parentRunId": parent} if parent else {}), **more_tags}
     run_id = client.create_run(eid, run_name=f"{method}-{composite}", tags=tags).info.run_id
     metrics = {"faithfulness/srg": srg, "faithfulness/auc_morf": 0.5 - srg / 2, "faithfulness/auc_lerf": 0.5 + srg / 2,
                "faithfulness/aopc_morf": srg / 3, "data/samples": 8.0}
@@ -82,3 +82,20 @@ def test_searching_leaves_the_process_tracking_uri_alone(tracking, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     find_runs(uri, experiment)
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_runs_of_different_models_are_told_apart_and_a_reused_folder_is_listed_once(tracking, capsys):
+    uri, client, eid, experiment = tracking
+    runs = {}
+    for model, srg in (("resnet18", 0.3), ("resnet50", 0.4)):
+        runs[model] = log_run(client, eid, "lrp", "epsilon_gamma_box", srg, [1.0, 0.5], [1.0, 0.9],
+                              model=model, dataset="imagenet", output_dir=f"/out/{model}")
+    again = log_run(client, eid, "lrp", "epsilon_gamma_box", 0.4, [1.0, 0.5], [1.0, 0.9],  # a later sweep's reuse
+                    model="resnet50", dataset="imagenet", output_dir="/out/resnet50")
+    table = find_runs(uri, experiment)
+    assert table["model"].tolist() == ["resnet50", "resnet18"] and set(table["dataset"]) == {"imagenet"}
+    assert table["run_id"].tolist() == [again, runs["resnet18"]]  # the newest run of a folder stands for it
+    assert main(["--tracking-uri", uri, "--experiment", experiment]) == 0
+    header, _, first, second = capsys.readouterr().out.splitlines()
+    assert "model" in header and "dataset" in header and "run_id" in header
+    assert "resnet50" in first and again[:8] in first and "resnet18" in second

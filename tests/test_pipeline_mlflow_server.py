@@ -76,7 +76,7 @@ def test_run_is_logged_completely_to_the_server(server, tmp_path):
     client = MlflowClient(tracking_uri=server)
     (run,) = runs_of(client, "srv")
     run_id = run.info.run_id
-    assert run.info.run_name == "lrp-epsilon_gamma_box" and run.info.status == "FINISHED"
+    assert run.info.run_name == "lrp-epsilon_gamma_box (digits_cnn on digits)" and run.info.status == "FINISHED"
     tags = run.data.tags
     assert {k: tags[k] for k in ("method", "composite", "model", "dataset", "trigger")} == {
         "method": "lrp", "composite": "epsilon_gamma_box", "model": "digits_cnn", "dataset": "digits",

@@ -79,7 +79,7 @@ def test_gradient_run_matches_captum_and_quantus_and_is_tracked(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_name == "gradient-none" and run.info.status == "FINISHED"
+    assert run.info.run_name == "gradient-none (digits_cnn on digits)" and run.info.status == "FINISHED"
     assert {k: run.data.tags[k] for k in ("method", "composite", "model", "dataset")} == {
         "method": "gradient", "composite": "none", "model": "digits_cnn", "dataset": "digits"}
     assert run.data.params["dataset.limit"] == "12" and run.data.params["evaluation.features_in_step"] == "64"
@@ -97,7 +97,7 @@ def test_quickstart_command_runs_from_any_directory_with_the_default_tracking_ur
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    (output,) = (tmp_path / "outputs" / "xai-pipeline" / "lrp-epsilon_gamma_box").iterdir()
+    (output,) = (tmp_path / "outputs" / "xai-pipeline" / "digits_cnn-digits" / "lrp-epsilon_gamma_box").iterdir()
     assert (output / "COMPLETE").exists() and (output / ".hydra" / "config.yaml").exists()
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # sqlite:///mlflow.db in the cwd
     (run,) = client.search_runs([client.get_experiment_by_name("xai-pipeline").experiment_id])

@@ -52,7 +52,7 @@ def test_joblib_sweep_makes_one_parent_with_two_children(tmp_path):
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["launcher"] == "JoblibLauncher"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    assert sorted(c.info.run_name for c in children) == ["gradient-none", "input_x_gradient-none"]
+    assert sorted(c.info.run_name for c in children) == ["gradient-none (digits_cnn on digits)", "input_x_gradient-none (digits_cnn on digits)"]
     assert all(c.info.status == "FINISHED" and "faithfulness/srg" in c.data.metrics for c in children)
     # the parent was created before the jobs started, and it holds the ranking of its children
     assert parent.info.start_time < min(c.info.start_time for c in children)
@@ -72,7 +72,7 @@ def test_basic_sweep_deferred_publish_lands_under_the_parent(tmp_path):
     assert parents[0].data.tags["launcher"] == "BasicLauncher"
     assert read_json(tmp_path / "out" / EXPERIMENT / SWEEP_FILE)["parent_run_id"] == parent_id
 
-    folders = sorted(p.parent for p in (tmp_path / "out" / EXPERIMENT).glob(f"*/*/{PARENT_FILE}"))
+    folders = sorted(p.parent for p in (tmp_path / "out" / EXPERIMENT).glob(f"*/*/*/{PARENT_FILE}"))
     assert len(folders) == 2 and all(RunFolder(f).is_complete for f in folders)
     for folder in folders:
         assert publish_main([str(folder)]) == 0
