@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from evaluation.scores import aopc, auc
-from xai.analyzer import check_output
 from xai.model_guard import borrowed, model_device
 from xai.targets import Target, resolve_target
+from xai.validation import run_model
 
 LOGITS_KEPT = 2**22  # at most this many logits (16 MB in float32) wait for one softmax
 
@@ -90,8 +90,7 @@ def perturbation_curves(
         # steps are held in a float type that represents them exactly; row m perturbs sample m % n.
         exact = torch.promote_types(x.dtype, torch.float32 if steps < 2**24 else torch.float64)
         flips = torch.cat([f.to(device=device, dtype=exact) for f in flip_steps])
-        output = torch.cat([model(x_dev[i : i + batch_size]) for i in range(0, n, batch_size)])
-        check_output(output)
+        output = torch.cat([run_model(model, x_dev[i : i + batch_size]) for i in range(0, n, batch_size)])
         resolved = resolve_target(target, output)
 
         total = flips.shape[0] * steps  # job j = (row j // steps, step j % steps + 1), rows one after the other

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from evaluation.baselines import check_baseline, make_baseline
 from evaluation.ordering import check_order, flip_step, flipped_fraction, number_of_steps, step_of_rank
 from evaluation.perturbation_curve import PerturbationResult, perturbation_curves
-from xai.analyzer import check_input
+from xai.validation import check_input, check_model_input
 from xai.model_guard import model_device
 from xai.targets import Target
 
@@ -67,6 +67,7 @@ class PerturbationMetric(ABC):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_input(x)
+        check_model_input(model, x)
         if x.dim() != 4:
             raise ValueError(f"input must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
         check_attribution(x, attribution)

@@ -228,6 +228,24 @@ def validate(cfg: DictConfig) -> None:
     if missing:
         raise ValueError(f"missing config value(s): {', '.join(missing)}; set them, e.g. {missing[0]}=<value>")
     _reject_unknown_keys(cfg, Config, prefix="")
+    _check_counts(cfg)
+
+
+def _check_counts(cfg: DictConfig) -> None:
+    """Counts that no type annotation can bound: name the key, the value and the range."""
+    if cfg.heatmaps < 0:
+        raise ValueError(f"heatmaps={cfg.heatmaps} must be >= 0 (the number of samples whose heatmaps are kept)")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
+    if cfg.dataset.num_shards < 1:
+        raise ValueError(f"dataset.num_shards={cfg.dataset.num_shards} must be >= 1 (1: no sharding)")
+    if not 0 <= cfg.dataset.shard < cfg.dataset.num_shards:
+        raise ValueError(f"dataset.shard={cfg.dataset.shard} must be in 0..{cfg.dataset.num_shards - 1} "
+                         f"(dataset.num_shards={cfg.dataset.num_shards})")
+    for key in ("steps", "features_in_step", "batch_size"):
+        value = cfg.evaluation.get(key)
+        if value is not None and value < 1:
+            raise ValueError(f"evaluation.{key}={value} must be >= 1")
 
 
 def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str) -> None:

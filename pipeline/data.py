@@ -127,7 +127,9 @@ def select_samples(
     """
     if limit is not None and limit < 1:
         raise ValueError(f"dataset.limit={limit} must be >= 1 (or null for all {total} samples)")
-    if num_shards < 1 or not 0 <= shard < num_shards:
+    if num_shards < 1:
+        raise ValueError(f"dataset.num_shards={num_shards} must be >= 1 (1: no sharding)")
+    if not 0 <= shard < num_shards:
         raise ValueError(f"dataset.shard={shard} must be in 0..{num_shards - 1} (dataset.num_shards={num_shards})")
     batches = batch_plan(list(range(min(total, limit) if limit is not None else total)), batch_size)
     if num_shards > max(len(batches), 1):

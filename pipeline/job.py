@@ -31,6 +31,7 @@ from pipeline.report import summarize
 from pipeline.results import RunFolder
 from pipeline.tracking import TrackingUnavailable, publish, publish_command, resolve_tracking_uri, run_url
 from xai.model_guard import model_device
+from xai.validation import check_model_input
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def explain_and_score(
     for done, (index, batch) in enumerate(progress, start=1):
         if len(batch.ids) and first_batch:  # once per run, before any work: the cost, and ZBox's bounds
             samples = sum(len(ids) for ids in batches.values())
+            check_data_fits_model(model, batch.x, cfg)
             log.info(faithfulness.plan(tuple(batch.x.shape[1:]), samples))
             check_input_range(batch.x, cfg.dataset.input_low, cfg.dataset.input_high)
             first_batch = False
@@ -72,6 +74,16 @@ def explain_and_score(
         folder.write_batch(index, arrays)
         if done == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def check_data_fits_model(model: nn.Module, x: torch.Tensor, cfg: DictConfig) -> None:
+    """The first batch against the model's first layer (channels, dtype), naming the config that fixes it."""
+    try:
+        check_model_input(model, x)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"dataset={cfg.dataset.name} does not fit model={cfg.model.name}: {error}; change "
+                          "dataset.transforms (e.g. add {_target_: torchvision.transforms.Grayscale, "
+                          "num_output_channels: <the model's channels>}) or the model") from error
 
 
 def _explain_and_score_batch(model, batch, cfg, faithfulness, seed: int, device) -> dict[str, np.ndarray]:
@@ -141,7 +153,8 @@ def dataset_digest(dataset: DictConfig, ids: list[int]) -> str:
 def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
     """Run (or resume) one config into ``output_dir``, then publish it unless ``tracking.publish=false``."""
     validate(cfg)
-    input_bounds(cfg.dataset.input_low, cfg.dataset.input_high)  # bad bounds fail before any work
+    device = resolve_device(cfg.device)  # no such device fails before any work
+    input_bounds(cfg.dataset.input_low, cfg.dataset.input_high)  # so do bad bounds
     composite = effective_composite(cfg.method, cfg.composite)  # method=lrp composite=none fails before any work
     if composite != "none":
         build_composite(cfg.composite)  # so do bad rule parameters
@@ -169,8 +182,9 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
         if finished:
             log.info("resuming %s: %d of %d batches done", folder.path, len(finished), len(batches))
         if todo:
-            model = load_model(cfg.model, resolve_device(cfg.device))
+            model = load_model(cfg.model, device)
             explain_and_score(model, data, todo, cfg, folder, set(heatmap_ids))
+        _fail_if_nothing_scored(folder, cfg)
         wall = {"runtime/wall_seconds": perf_counter() - start}  # this attempt: loading, explaining, scoring
         metrics = summarize(folder, list(getattr(data, "classes", None) or []), extra=wall)
         log.info("wall time %.1f s; %s", perf_counter() - start, _headline(metrics))
@@ -186,6 +200,16 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
             log.info("MLflow run: %s", run_url(uri, run_id))
     log.info("results: %s", folder.path.resolve())
     return folder
+
+
+def _fail_if_nothing_scored(folder: RunFolder, cfg: DictConfig) -> None:
+    """Every selected image unreadable: a run with no samples is an error, not a complete run of nothing."""
+    arrays = folder.read_batches()
+    if len(arrays["sample_id"]):
+        return
+    skipped = len(arrays.get("skipped_ids", []))
+    raise ValueError(f"no readable images: all {skipped} selected image(s) of dataset.path={cfg.dataset.path} were "
+                     "skipped as unreadable (see the warnings above for each file and why); fix or replace them")
 
 
 #: Publishing attempts before giving up: parallel jobs on one SQLite store can hit "database is locked".

@@ -14,10 +14,24 @@ from pipeline.config import ModelKind
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; anything else is passed to ``torch.device``."""
+    """``auto`` picks CUDA when present, else the CPU; ``cpu``, ``cuda``, ``cuda:<i>``, ``mps`` are checked to exist."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device} is not a device: use device=auto (CUDA when present, else the CPU), "
+                         "cpu, cuda or cuda:<index>") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(chosen.type, False):
+        have = ", ".join(name for name, ok in available.items() if ok)
+        raise ValueError(f"device={device}: this machine has no {chosen.type.upper()} device (available: {have}); "
+                         "use device=auto to take CUDA only when present")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return chosen
 
 
 def load_model(cfg: DictConfig, device: torch.device) -> nn.Module:
@@ -89,6 +103,9 @@ def _load_checkpoint(model: nn.Module, path: Optional[str], key: str) -> None:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{key}={path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{key}={path} is an empty file (0 bytes): an interrupted copy or save? Save the weights "
+                         "again with torch.save(model.state_dict(), path)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling refused or unreadable file
@@ -99,4 +116,24 @@ def _load_checkpoint(model: nn.Module, path: Optional[str], key: str) -> None:
     for wrapper in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ValueError(f"{key}={path} holds a {type(state).__name__}, not a state_dict; save one with "
+                         "torch.save(model.state_dict(), path)")
+    _check_state_dict(model, state, f"{key}={path}")
     model.load_state_dict(state)
+
+
+def _check_state_dict(model: nn.Module, state: dict, source: str) -> None:
+    """One line first that says the checkpoint belongs to another model, before torch's list of every key."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    resized = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+               if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or resized):
+        return
+    found = [f"{len(missing)} missing (first: {', '.join(missing[:3])})" if missing else "",
+             f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})" if unexpected else "",
+             f"{len(resized)} of another shape (checkpoint vs model; first: {', '.join(resized[:2])})" if resized else ""]
+    raise ValueError(f"{source} does not fit the model {type(model).__name__}: keys {'; '.join(f for f in found if f)}. "
+                     "Is it for another architecture or number of classes (model.arch, model.num_classes)?")

@@ -1,7 +1,8 @@
 """Entry point: ``python -m pipeline.run method=lrp composite=epsilon_gamma_box`` (Hydra app, configs in ``conf/``).
 
-The output folder is Hydra's run dir, ``outputs/<experiment>/<method>-<composite>/<config hash>``: the
-same config always lands in the same folder, which is what makes a rerun resume.
+The output folder is Hydra's run dir, ``outputs/<experiment>/<model>-<dataset>/<method>-<composite>/<config hash>-
+<inputs digest>``: the same config on the same checkpoint, data and code always lands in the same folder, which is
+what makes a rerun resume. A bad config value or input ends in one ``error: ...`` line and exit code 2.
 """
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,4 +19,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.cli import run_cli
+
+    run_cli(main)

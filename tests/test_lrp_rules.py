@@ -12,9 +12,10 @@ from torch import nn
 
 from xai import LRP
 from xai.canonize import AffineLayer
+from xai.composites import EpsilonGammaBox, EpsilonPlus
 from xai.rules import (
-    AlphaBetaRule, EpsilonRule, FlatRule, GammaRule, LayerOutput, PassRule, WSquareRule, ZBoxRule, ZeroRule,
-    ZPlusRule,
+    AlphaBetaRule, EpsilonRule, FlatRule, GammaRule, LayerOutput, NormRule, PassRule, WSquareRule, ZBoxRule,
+    ZeroRule, ZPlusRule,
 )
 
 RTOL = 1e-5
@@ -161,13 +162,31 @@ def test_rule_through_the_analyzer_equals_zennit(rule_name):
     (lambda: ZBoxRule(low=torch.tensor([0.0, 3.0]), high=torch.tensor([1.0, 2.0])), "low < high"),
     (lambda: AlphaBetaRule(alpha=2.0, beta=2.0), "alpha - beta == 1"),
     (lambda: AlphaBetaRule(alpha=1.5, beta=1.0), "alpha - beta == 1"),
-    (lambda: AlphaBetaRule(alpha=-1.0, beta=-2.0), "alpha >= 0 and beta >= 0"),
-    (lambda: AlphaBetaRule(alpha=0.0, beta=-1.0), "alpha >= 0 and beta >= 0"),
-    (lambda: EpsilonRule(epsilon=-1e-3), "epsilon >= 0"),
-    (lambda: GammaRule(gamma=-0.25), "gamma >= 0"),
+    (lambda: AlphaBetaRule(alpha=-1.0, beta=-2.0), "AlphaBetaRule's alpha must be >= 0, got -1.0"),
+    (lambda: AlphaBetaRule(alpha=0.0, beta=-1.0), "AlphaBetaRule's beta must be >= 0, got -1.0"),
+    (lambda: EpsilonRule(epsilon=-1e-3), "EpsilonRule's epsilon must be >= 0, got -0.001"),
+    (lambda: GammaRule(gamma=-0.25), "GammaRule's gamma must be >= 0"),
+    (lambda: GammaRule(gamma=float("inf")), "GammaRule's gamma must be finite, got inf"),
+    (lambda: GammaRule(stabilizer=float("nan")), "GammaRule's stabilizer must be finite, got nan"),
+    (lambda: NormRule(-1), "NormRule's stabilizer must be >= 0, got -1"),
+    (lambda: FlatRule(stabilizer=-1e-6), "FlatRule's stabilizer must be >= 0"),
+    (lambda: ZBoxRule(low=float("nan"), high=1.0), "ZBoxRule's low must be finite, got nan"),
+    (lambda: ZBoxRule(low=0.0, high=torch.tensor([1.0, float("inf")])), "ZBoxRule's high must be finite"),
+    (lambda: EpsilonGammaBox(low=float("nan")), "ZBoxRule's low must be finite"),
+    (lambda: EpsilonPlus(stabilizer=float("inf")), "stabilizer must be finite, got inf"),
 ])
 def test_bad_rule_parameters_fail_at_construction(make, message):
     with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: EpsilonRule("abc"), "EpsilonRule's epsilon must be a number, got 'abc' \\(str\\)"),
+    (lambda: GammaRule(gamma=True), "GammaRule's gamma must be a number, got True"),
+    (lambda: ZBoxRule(low="low", high=1.0), "ZBoxRule's low must be a number or a tensor, got 'low'"),
+])
+def test_rule_parameters_of_the_wrong_type_fail_at_construction(make, message):
+    with pytest.raises(TypeError, match=message):
         make()
 
 

@@ -155,7 +155,7 @@ def test_input_without_batch_dimension_or_integer_input_is_a_clear_error(make, d
     "build, message",
     [
         (lambda m: SmoothGrad(m, samples=0), "samples must be a positive int"),
-        (lambda m: SmoothGrad(m, noise_level=-0.1), "noise_level must be a number >= 0"),
+        (lambda m: SmoothGrad(m, noise_level=-0.1), "noise_level .* must be >= 0"),
         (lambda m: SmoothGrad(m, batch_size=0), "batch_size must be a positive int"),
         (lambda m: IntegratedGradients(m, steps=0), "steps must be a positive int"),
         (lambda m: IntegratedGradients(m, steps=1), "riemann_trapezoid needs steps >= 2"),

@@ -7,26 +7,9 @@ from torch import Tensor, nn
 from xai.explanation import Explanation
 from xai.model_guard import borrowed, model_device
 from xai.targets import Target, resolve_target
+from xai.validation import check_input, check_model_input, check_output, run_model
 
-
-def check_input(x: Tensor) -> None:
-    """Reject inputs that would give meaningless attributions, before any computation."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"input must be a torch.Tensor of shape (N, ...), got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}: convert it with x.float()")
-    if x.dim() < 2:
-        raise ValueError(f"input must have a batch dimension first (N, ...), got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("input contains NaN or Inf values: clean or re-normalise the input before explaining it")
-
-
-def check_output(output: Tensor) -> None:
-    """Analyzers explain classifiers: one row of class scores per sample."""
-    if output.dim() != 2:
-        raise ValueError(
-            f"the model's output has shape {tuple(output.shape)}; analyzers need logits of shape (N, classes)"
-        )
+__all__ = ["Analyzer", "analyze", "check_input", "check_output", "predict"]
 
 
 class Analyzer(ABC):
@@ -44,6 +27,7 @@ class Analyzer(ABC):
 
     def __call__(self, x: Tensor, target: Target = None) -> Explanation:
         check_input(x)
+        check_model_input(self.model, x)
         self._check_model()
         device = model_device(self.model)
         with borrowed(self.model):
@@ -66,8 +50,7 @@ class Analyzer(ABC):
 def predict(model: nn.Module, x: Tensor, target: Target) -> tuple[Tensor, Tensor]:
     """The model's output on ``x`` without a graph, and the target it resolves to."""
     with torch.no_grad():
-        output = model(x)
-    check_output(output)
+        output = run_model(model, x)
     return output, resolve_target(target, output)
 
 

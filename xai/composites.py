@@ -20,6 +20,7 @@ from xai.canonize import CONV_TYPES, LINEAR_TYPES
 from xai.rules import (
     AlphaBetaRule, EpsilonRule, FlatRule, GammaRule, NormRule, PassRule, Rule, ZBoxRule, ZPlusRule,
 )
+from xai.validation import finite_number
 
 # Zennit's ``zennit.types.Activation``: element-wise, so relevance passes through unchanged.
 ACTIVATION_TYPES = (
@@ -124,7 +125,7 @@ class Composite:
                                 f"{type(entry).__name__}")
         self.entries = list(entries)
         self.name = name
-        self.stabilizer = stabilizer
+        self.stabilizer = finite_number(stabilizer, f"{name}'s stabilizer", minimum=0)
 
     def with_entries(self, *entries: Entry) -> "Composite":
         """A copy with ``entries`` put first, so they take precedence (Zennit's cooperative ``layer_map``)."""

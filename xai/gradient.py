@@ -2,16 +2,16 @@
 import torch
 from torch import Tensor, nn
 
-from xai.analyzer import Analyzer, check_output
+from xai.analyzer import Analyzer
 from xai.targets import Target, one_hot_at, resolve_target
+from xai.validation import run_model
 
 
 def target_gradient(model: nn.Module, x: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
     """d output[target] / d x in one forward and one backward; returns (gradient, output, resolved target)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        output = model(x)
-        check_output(output)
+        output = run_model(model, x)
         resolved = resolve_target(target, output)
         (grad,) = torch.autograd.grad(output, x, grad_outputs=one_hot_at(output, resolved))
     return grad, output, resolved

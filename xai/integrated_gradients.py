@@ -13,12 +13,15 @@ Quadrature schemes (names as in Captum), with n = ``steps``:
 - ``"riemann_left"``: a = 0, ..., 1 - 1/n; ``"riemann_middle"``: a = (k + 1/2)/n; weights 1/n.
 - ``"gausslegendre"``: Gauss-Legendre nodes and weights on [0, 1] (Captum's default).
 """
+import numbers
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from xai.analyzer import Analyzer, predict
 from xai.batched_gradients import check_batch_size, weighted_gradient_sum
+from xai.validation import finite_number
 
 SCHEMES = ("riemann_trapezoid", "riemann_right", "riemann_left", "riemann_middle", "gausslegendre")
 Baseline = None | float | Tensor
@@ -45,13 +48,12 @@ def quadrature(scheme: str, steps: int) -> tuple[Tensor, Tensor]:
 
 
 def resolve_baseline(baseline: Baseline, x: Tensor) -> Tensor:
-    """The baseline as a tensor of x's shape: None = zeros, a number = constant, or a tensor broadcastable to x."""
+    """The baseline (checked by ``check_baseline``) as a tensor of x's shape: None = zeros, a number = constant,
+    or a tensor broadcastable to x."""
     if baseline is None:
         return torch.zeros_like(x)
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
     if not isinstance(baseline, Tensor):
-        raise TypeError(f"baseline must be None, a number or a Tensor, got {type(baseline).__name__}")
+        return torch.full_like(x, float(baseline))
     try:
         shape = torch.broadcast_shapes(baseline.shape, x.shape)
     except RuntimeError:
@@ -61,9 +63,18 @@ def resolve_baseline(baseline: Baseline, x: Tensor) -> Tensor:
             f"baseline has shape {tuple(baseline.shape)}, which does not broadcast to the input's shape "
             f"{tuple(x.shape)}: give one of shape {tuple(x.shape)}, {tuple(x.shape[1:])} or a number"
         )
-    if not torch.isfinite(baseline).all():
-        raise ValueError("baseline contains NaN or Inf values")
     return baseline.detach().to(device=x.device, dtype=x.dtype).expand_as(x)
+
+
+def check_baseline(baseline: Baseline) -> None:
+    """What can be checked without the input: the type, and no NaN or Inf."""
+    if baseline is None or isinstance(baseline, Tensor) and torch.isfinite(baseline).all():
+        return
+    if isinstance(baseline, Tensor):
+        raise ValueError("baseline contains NaN or Inf values: give a finite tensor, a number, or None for zeros")
+    if isinstance(baseline, bool) or not isinstance(baseline, numbers.Real):
+        raise TypeError(f"baseline must be None, a number or a Tensor, got {type(baseline).__name__}")
+    finite_number(baseline, "baseline")
 
 
 class IntegratedGradients(Analyzer):
@@ -87,6 +98,7 @@ class IntegratedGradients(Analyzer):
         super().__init__(model)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int (points on the path), got {steps!r}")
+        check_baseline(baseline)
         self.points, self.weights = quadrature(scheme, steps)
         self.steps, self.baseline, self.scheme = steps, baseline, scheme
         self.batch_size = check_batch_size(batch_size)

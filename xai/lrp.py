@@ -12,6 +12,7 @@ Residual additions ``a + b`` of two activations, also written as a functional ``
 (torchvision's ResNet), are caught by a ``TorchFunctionMode`` and split in proportion to the summands (Zennit's
 Norm rule on its ``Sum`` layer), so relevance is never duplicated.
 """
+import difflib
 import weakref
 
 import torch
@@ -137,9 +138,20 @@ class LRP(Analyzer):
         if composite is not None and not isinstance(composite, Composite):
             raise TypeError(f"composite must be an xai.composites.Composite (e.g. EpsilonGammaBox()), got "
                             f"{type(composite).__name__}")
+        paths = dict(model.named_modules())
+        modules = set(map(id, paths.values()))
         for key, rule in (rules or {}).items():
             if not isinstance(rule, Rule):
                 raise TypeError(f"rules[{key!r}] must be an xai.rules.Rule, got {type(rule).__name__}")
+            if isinstance(key, str) and key not in paths:
+                close = difflib.get_close_matches(key, [p for p in paths if p], n=3, cutoff=0.5)
+                hint = f"closest: {', '.join(close)}" if close else "see model.named_modules() for the paths"
+                raise ValueError(f"rules[{key!r}]: the model has no module at path {key!r}; {hint}")
+            if isinstance(key, nn.Module) and id(key) not in modules:
+                raise ValueError(f"rules[{type(key).__name__}(...)]: that module is not part of the model; key it by "
+                               "path (a name from model.named_modules()) or by type")
+            if not isinstance(key, (str, nn.Module, type)):
+                raise TypeError(f"rules keys are module paths, modules or module types, got {key!r}")
         self.composite = composite if composite is not None else default_composite()
         self.rules = dict(rules or {})
         self._layers: dict[tuple[nn.Module, nn.Module | None], AffineLayer] = {}

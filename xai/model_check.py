@@ -18,6 +18,7 @@ from xai.composites import leaves
 from xai.errors import UnsupportedModelError
 from xai.rules import Rule
 from xai.softmax import SOFTMAX_TYPES
+from xai.validation import forward
 
 ADVICE = (
     "What to do: remove a softmax at the output with xai.strip_softmax(model); give a layer a rule with "
@@ -154,7 +155,7 @@ def trace(model: nn.Module, sample: Tensor) -> Trace:
     watch = _OpWatch(stack, linear_outputs)
     try:
         with torch.enable_grad(), watch:
-            output = model(sample.detach().requires_grad_(True))
+            output = forward(model, sample.detach().requires_grad_(True))  # LRP's own check reads the output
     finally:
         for h in handles:
             h.remove()

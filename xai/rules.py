@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from xai.canonize import AffineLayer
+from xai.validation import finite_number
 
 
 def signed_epsilon(z: Tensor, epsilon: float) -> Tensor:
@@ -64,6 +65,11 @@ def _nonnegative(x: Tensor) -> bool:
     return bool(x.min() >= 0)
 
 
+def _parameter(rule: "Rule", name: str, value) -> float:
+    """A rule's numeric parameter: a finite number >= 0, or an error that names the rule and the parameter."""
+    return finite_number(value, f"{type(rule).__name__}'s {name}", minimum=0)
+
+
 class Rule:
     """Redistributes the relevance at a module's output to its input.
 
@@ -102,7 +108,7 @@ class NormRule(Rule):
     """
 
     def __init__(self, stabilizer: float = 1e-6):
-        self.stabilizer = stabilizer
+        self.stabilizer = _parameter(self, "stabilizer", stabilizer)
 
     def propagate(self, module, x, relevance):
         with torch.enable_grad():
@@ -187,9 +193,7 @@ class EpsilonRule(LinearRule):
     relevance_vanishes_with_input = True
 
     def __init__(self, epsilon: float = 1e-6):
-        if not epsilon >= 0:
-            raise ValueError(f"EpsilonRule needs epsilon >= 0, got {epsilon}")
-        self.epsilon = epsilon
+        self.epsilon = _parameter(self, "epsilon", epsilon)
 
     def modify_denominator(self, z):
         return stabilize(z, self.epsilon)
@@ -232,10 +236,8 @@ class GammaRule(LinearRule):
     relevance_vanishes_with_input = True
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
-        if not gamma >= 0:
-            raise ValueError(f"GammaRule needs gamma >= 0, got {gamma}")
-        self.gamma = gamma
-        self.stabilizer = stabilizer
+        self.gamma = _parameter(self, "gamma", gamma)
+        self.stabilizer = _parameter(self, "stabilizer", stabilizer)
 
     def _boosted(self, layer, positive: bool, shift: float = 0.0) -> tuple[Tensor, Tensor | None]:
         """(W + gamma W+, b + gamma b+ + shift) if ``positive``, else (W + gamma W-, b + gamma b- + shift)."""
@@ -310,14 +312,13 @@ class AlphaBetaRule(LinearRule):
     relevance_vanishes_with_input = True
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6):
-        if alpha < 0 or beta < 0:
-            raise ValueError(f"AlphaBetaRule needs alpha >= 0 and beta >= 0, got alpha={alpha}, beta={beta}")
+        alpha, beta = _parameter(self, "alpha", alpha), _parameter(self, "beta", beta)
         if not math.isclose(alpha - beta, 1.0, rel_tol=0.0, abs_tol=1e-12):
             raise ValueError(f"AlphaBetaRule needs alpha - beta == 1 to conserve relevance, got alpha={alpha}, "
                              f"beta={beta}; e.g. AlphaBetaRule(alpha=2.0, beta=1.0) or (1.0, 0.0)")
         self.alpha = alpha
         self.beta = beta
-        self.stabilizer = stabilizer
+        self.stabilizer = _parameter(self, "stabilizer", stabilizer)
 
     def _shifted_bias(self, layer, positive: bool) -> Tensor:
         """b+ + eps or b- - eps: for x >= 0, z+ >= 0 and z- <= 0, so this is the stabilizer, without a pass.
@@ -361,6 +362,21 @@ class ZPlusRule(AlphaBetaRule):
         return f"ZPlusRule(stabilizer={self.stabilizer!r})"
 
 
+def _bound_tensor(bound, name: str) -> Tensor:
+    """A ZBox bound as a float64 tensor, refused unless it is a number or a tensor of finite values."""
+    try:
+        if isinstance(bound, (bool, str)):
+            raise TypeError
+        tensor = torch.as_tensor(bound, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"ZBoxRule's {name} must be a number or a tensor, got {bound!r} "
+                        f"({type(bound).__name__})") from None
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"ZBoxRule's {name} must be finite, got {bound!r}: give the lowest (highest) value the "
+                         "input can take, e.g. low=-3.0, high=3.0 for standardised images")
+    return tensor
+
+
 class ZBoxRule(LinearRule):
     """For the first layer of inputs bounded in [low, high] (Montavon et al.'s z^B).
 
@@ -369,7 +385,7 @@ class ZBoxRule(LinearRule):
     """
 
     def __init__(self, low, high, stabilizer: float = 1e-6):
-        low_t, high_t = torch.as_tensor(low, dtype=torch.float64), torch.as_tensor(high, dtype=torch.float64)
+        low_t, high_t = _bound_tensor(low, "low"), _bound_tensor(high, "high")
         try:
             bad = bool((low_t >= high_t).any())
         except RuntimeError as error:
@@ -378,7 +394,26 @@ class ZBoxRule(LinearRule):
             raise ValueError(f"ZBoxRule needs low < high everywhere, got low={low!r}, high={high!r}")
         self.low = low
         self.high = high
-        self.stabilizer = stabilizer
+        self.stabilizer = _parameter(self, "stabilizer", stabilizer)
+
+    def check_module(self, module):
+        """The bounds must line up with the layer's input: one value, or one per channel (or feature)."""
+        reason = super().check_module(module)
+        if reason:
+            return reason
+        dims = 1 if isinstance(module, nn.Linear) else module.weight.dim() - 1  # input dims after the batch
+        features = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+        for name, bound in (("low", self.low), ("high", self.high)):
+            shape = tuple(torch.as_tensor(bound).shape)
+            if math.prod(shape) == 1:
+                continue
+            channel_axis = len(shape) - dims  # where the channel (feature) axis of the input lands
+            if len(shape) > dims + 1 or channel_axis < 0 or shape[channel_axis] not in (1, features):
+                layout = "(1, C" + ", 1" * (dims - 1) + ")"
+                return (f"ZBoxRule's {name} has shape {shape}, which does not line up with this layer's input of "
+                        f"{features} {'features' if dims == 1 else 'channels'}: give a number or a tensor of shape "
+                        f"{layout.replace('C', str(features))}, e.g. torch.tensor([...]).view{layout.replace('C', '-1')}")
+        return None
 
     def _bound(self, bound, x: Tensor) -> Tensor:
         bound = torch.as_tensor(bound).to(x)
@@ -452,7 +487,7 @@ class WSquareRule(_OnesInputRule):
     """R_i = sum_j w_ji^2 R_j / stab(sum_k w_jk^2 + b_j^2): input-independent (Zennit squares the bias too)."""
 
     def __init__(self, stabilizer: float = 1e-6):
-        self.stabilizer = stabilizer
+        self.stabilizer = _parameter(self, "stabilizer", stabilizer)
 
     def modify_parameters(self, param, name):
         return param ** 2
@@ -462,7 +497,7 @@ class FlatRule(_OnesInputRule):
     """R_i = sum_j [i feeds j] R_j / n_j: spread uniformly over each output's receptive field (bias dropped)."""
 
     def __init__(self, stabilizer: float = 1e-6):
-        self.stabilizer = stabilizer
+        self.stabilizer = _parameter(self, "stabilizer", stabilizer)
 
     def modify_parameters(self, param, name):
         return torch.ones_like(param) if name == "weight" else None

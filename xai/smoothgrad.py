@@ -4,6 +4,7 @@ from torch import Tensor, nn
 
 from xai.analyzer import Analyzer, predict
 from xai.batched_gradients import check_batch_size, weighted_gradient_sum
+from xai.validation import finite_number
 
 
 class NoiseDraws:
@@ -68,11 +69,10 @@ class SmoothGrad(Analyzer):
         super().__init__(model)
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise ValueError(f"samples must be a positive int (number of noisy copies), got {samples!r}")
-        if not isinstance(noise_level, (int, float)) or not noise_level >= 0:
-            raise ValueError(f"noise_level must be a number >= 0 (fraction of the input's range), got {noise_level!r}")
+        noise_level = finite_number(noise_level, "noise_level (a fraction of the input's range)", minimum=0)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        self.samples, self.noise_level, self.seed = samples, float(noise_level), seed
+        self.samples, self.noise_level, self.seed = samples, noise_level, seed
         self.batch_size = check_batch_size(batch_size)
         self.fold_batchnorm = bool(fold_batchnorm)
 
