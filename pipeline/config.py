@@ -130,7 +130,7 @@ class EvaluationConf:
     baseline: Any = 0.0  # a number, or "mean" / "blur" / "uniform"
     unit: str = "pixel"
     softmax: bool = True
-    batch_size: int = 512  # perturbed inputs per forward pass
+    batch_size: Optional[int] = None  # perturbed inputs per forward pass (None: 512, fewer for large images)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The evaluate stage: pixel flipping in MoRF and LeRF order -> per-sample curves, AUCs, AOPC and SRG."""
 from dataclasses import dataclass, replace
+from math import prod
 
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -17,6 +18,13 @@ class Scores:
     auc_lerf: Tensor
     aopc_morf: Tensor
     srg: Tensor  # AUC(LeRF) - AUC(MoRF), higher is better
+
+
+#: Without ``evaluation.batch_size``: at most this many perturbed inputs per forward pass (all 32x32 digits of a
+#: batch's curves at once) and at most CHUNK_VALUES input values, 111 photos of 3x224x224 (the activations of a
+#: ResNet-18 on 111 photos take about 1.5 GB).
+MAX_CHUNK = 512
+CHUNK_VALUES = 2**24
 
 
 class Faithfulness:
@@ -38,22 +46,28 @@ class Faithfulness:
             baseline=baseline,
             unit=cfg.unit,
             softmax=cfg.softmax,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.batch_size or MAX_CHUNK,  # None: sized per input shape (chunk_size) at the first call
             progress=True,  # a bar within a batch when its perturbed inputs take more than one chunk
         )
+        self.fixed_chunk = cfg.batch_size is not None
+
+    def chunk_size(self, shape: tuple[int, ...]) -> int:
+        """Perturbed inputs per forward pass: ``evaluation.batch_size``, or as many as hold CHUNK_VALUES values."""
+        return self.metric.batch_size if self.fixed_chunk else max(1, min(MAX_CHUNK, CHUNK_VALUES // prod(shape)))
 
     def plan(self, shape: tuple[int, ...], samples: int) -> str:
         """The forward passes that scoring ``samples`` inputs of ``shape`` (C, H, W) takes, in words."""
         steps = self.metric.steps_for(shape)
         passes = samples * (1 + 2 * steps)
         return (f"scoring: {samples} samples x (1 unperturbed + 2 orders x {steps} steps) = {passes} forward passes, "
-                f"in chunks of {self.metric.batch_size} inputs")
+                f"in chunks of {self.chunk_size(shape)} inputs")
 
     def __call__(self, model: nn.Module, x: Tensor, attribution: Tensor, target: Tensor, seed: int) -> Scores:
         """Score one batch; ``seed`` feeds a random baseline, so a resumed batch repeats its draws."""
         from evaluation import SymmetricRelevanceGain
 
-        result = SymmetricRelevanceGain(replace(self.metric, seed=seed))(model, x, attribution, target)
+        metric = replace(self.metric, seed=seed, batch_size=self.chunk_size(tuple(x.shape[1:])))
+        result = SymmetricRelevanceGain(metric)(model, x, attribution, target)
         return Scores(
             curve_morf=result.morf.curve,
             curve_lerf=result.lerf.curve,

@@ -56,7 +56,11 @@ def test_chunked_curves_equal_one_chunk():
     torch.testing.assert_close(small.curve_morf, large.curve_morf, rtol=0, atol=1e-6)  # same inputs, other batching
 
 
-def test_the_plan_names_the_forward_passes():
+def test_the_plan_names_the_forward_passes_and_the_chunks_shrink_for_large_images():
     plan = Faithfulness(evaluation_cfg()).plan((3, 224, 224), samples=100)
     assert plan == ("scoring: 100 samples x (1 unperturbed + 2 orders x 32 steps) = 6500 forward passes, "
-                    "in chunks of 512 inputs")
+                    "in chunks of 111 inputs")  # 2**24 values: bounded memory whatever the image size
+    assert Faithfulness(evaluation_cfg()).plan((1, 32, 32), samples=2).endswith("in chunks of 512 inputs")
+    fixed = Faithfulness(evaluation_cfg("evaluation.batch_size=64", "evaluation.features_in_step=3136"))
+    assert fixed.plan((3, 224, 224), samples=1) == ("scoring: 1 samples x (1 unperturbed + 2 orders x 16 steps) = "
+                                                    "33 forward passes, in chunks of 64 inputs")
