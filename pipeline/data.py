@@ -196,7 +196,7 @@ def iterate_batches(
     for batch in loader:
         if batch.skipped and on_corrupt == OnCorrupt.fail:
             first = batch.skipped[0]
-            raise RuntimeError(
+            raise ValueError(
                 f"unreadable image {first.path} ({first.reason}): fix or remove the file, "
                 f"or set dataset.on_corrupt=skip to skip (and count) unreadable images"
             )

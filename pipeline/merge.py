@@ -152,11 +152,13 @@ def _check_parts(shards: ShardSet, manifests: list[dict], configs: list[DictConf
     """Refuse shards that belong to different configs or sit in the wrong folder."""
     hashes = {m["config_hash"] for m in manifests}
     if len(hashes) > 1:
-        raise ValueError(f"{shards.config_folder}: the shard folders hold different configs ({sorted(hashes)})")
+        raise ValueError(f"{shards.config_folder}: the shard folders hold different configs ({sorted(hashes)}); "
+                         "delete the shard folders of the stale config and merge again")
     for i, config in enumerate(configs):
         if (config.dataset.shard, config.dataset.num_shards) != (i, shards.num_shards):
             raise ValueError(f"{shards.folder(i).path} holds shard {config.dataset.shard} of "
-                             f"{config.dataset.num_shards}, not shard {i} of {shards.num_shards}")
+                             f"{config.dataset.num_shards}, not shard {i} of {shards.num_shards}: it was moved or "
+                             "copied by hand; rerun that shard with the command its config gives")
     commits = {m["git_commit"] for m in manifests}
     if len(commits) > 1:
         log.warning("%s: shards computed at different commits %s", shards.config_folder, sorted(commits))

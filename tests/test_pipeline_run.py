@@ -150,7 +150,7 @@ def test_image_folder_fails_on_an_unreadable_image_by_config(tmp_path):
     checkpoint = resnet_checkpoint(tmp_path / "resnet.pt")
     cfg = make_cfg([*IMAGE_FOLDER, f"dataset.path={tmp_path / 'images'}", f"model.checkpoint={checkpoint}",
                     "dataset.on_corrupt=fail"])
-    with pytest.raises(RuntimeError, match=f"unreadable image {broken}.*dataset.on_corrupt=skip"):
+    with pytest.raises(ValueError, match=f"unreadable image {broken}.*dataset.on_corrupt=skip"):
         run_job(cfg, tmp_path / "out")
 
 
