@@ -45,6 +45,9 @@ def describe(error: BaseException) -> str:
         group, _, name = error.missing_cfg_file.rpartition("/")
         return f"{group}={name} is not an option of {group}; available: {', '.join(sorted(error.options))}"
     cause = error.__cause__
+    inner = cause or error.__context__  # OmegaConf re-raises a resolver's error without chaining it as the cause
+    if isinstance(error, OmegaConfBaseException) and isinstance(inner, USAGE_ERRORS):
+        return describe(inner)  # our own check, raised inside a resolver (e.g. a folder name)
     if isinstance(error, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException):
         key = cause.full_key or getattr(cause, "key", "")
         schema = cause.object_type

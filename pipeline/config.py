@@ -5,6 +5,7 @@ wrong type or an unknown key fails at composition, before any work, with the key
 """
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -200,11 +201,31 @@ def _run_identity_resolver(*, _root_: DictConfig) -> str:
     return identity_digest(config_hash(_root_), input_identity(_root_))
 
 
+#: A value that becomes a folder name: letters, digits and ``-_.``, not dots only (so never ``..``: nothing lands
+#: outside output_root) and not empty (no path level dropped).
+SAFE_PATH_PART = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def safe_path_part(value: Any, key: str) -> str:
+    """``value`` as one folder name, or an error naming ``key``: it must not climb out of, or vanish from, a path."""
+    text = str(value)
+    if not SAFE_PATH_PART.fullmatch(text) or not text.strip("."):
+        raise ValueError(f"{key}={text!r} cannot name a folder: use letters, digits and - _ . only (not empty, not "
+                         f"dots only), e.g. {key}={re.sub(r'[^A-Za-z0-9_-]+', '_', text).strip('_') or 'name'}")
+    return text
+
+
+def _path_part_resolver(key: str, *, _root_: DictConfig) -> str:
+    """``${path_part:<key>}``: the config value at ``key`` as a safe folder name (checked before Hydra writes)."""
+    return safe_path_part(OmegaConf.select(_root_, key), key)
+
+
 def run_name(method: str, composite: str) -> str:
     """``<method>-<composite>``, with ``none`` for methods that take no composite: the MLflow run name."""
     from pipeline.explain import uses_composite
 
-    return f"{method}-{composite if uses_composite(method) else 'none'}"
+    method = safe_path_part(method, "method.name")
+    return f"{method}-{safe_path_part(composite, 'composite.name') if uses_composite(method) else 'none'}"
 
 
 def shard_subdir(shard: int, num_shards: int) -> str:
@@ -214,12 +235,16 @@ def shard_subdir(shard: int, num_shards: int) -> str:
 
 for _name, _resolver in (
     ("config_hash", _config_hash_resolver), ("run_identity", _run_identity_resolver), ("run_name", run_name),
-    ("shard_subdir", shard_subdir),
+    ("shard_subdir", shard_subdir), ("path_part", _path_part_resolver),
 ):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
 
 register_configs()
+
+
+#: Config values that become folder names under output_root.
+PATH_KEYS = ("tracking.experiment", "model.name", "dataset.name", "method.name", "composite.name")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -229,6 +254,8 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"missing config value(s): {', '.join(missing)}; set them, e.g. {missing[0]}=<value>")
     _reject_unknown_keys(cfg, Config, prefix="")
     _check_counts(cfg)
+    for key in PATH_KEYS:
+        safe_path_part(OmegaConf.select(cfg, key), key)
 
 
 def _check_counts(cfg: DictConfig) -> None:

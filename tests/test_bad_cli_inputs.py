@@ -16,11 +16,11 @@ from pipeline.run import main
 QUICK = ["tracking.publish=false", "dataset.limit=2", "batch_size=2", "heatmaps=1"]
 
 
-def refused(monkeypatch, capsys, tmp_path, *overrides) -> str:
+def refused(monkeypatch, capsys, tmp_path, *overrides, flags=()) -> str:
     """Run the pipeline with ``overrides`` in ``tmp_path``; it must exit 2. Returns the last line on stderr."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["pipeline.run", *QUICK, *overrides])
+    monkeypatch.setattr(sys, "argv", ["pipeline.run", *flags, *QUICK, *overrides])
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main)
     assert exit_info.value.code == USAGE_ERROR
@@ -111,3 +111,22 @@ def test_the_command_exits_2_and_its_last_line_is_the_problem(tmp_path):
     assert done.returncode == USAGE_ERROR
     assert done.stderr.strip().splitlines()[-1].startswith("error: method=nosuch is not an option of method")
     assert "HYDRA_FULL_ERROR" not in done.stderr
+
+
+@pytest.mark.parametrize("key, value", [
+    ("tracking.experiment", "../../../../escaped"), ("tracking.experiment", ""), ("method.name", "../../.."),
+    ("composite.name", "..."), ("model.name", "a/b"), ("dataset.name", ".."),
+])
+@pytest.mark.parametrize("mode", [[], ["--multirun"]], ids=["run", "multirun"])
+def test_a_value_that_would_name_a_folder_outside_output_root_is_refused_before_anything_is_written(
+        monkeypatch, capsys, tmp_path, key, value, mode):
+    work = tmp_path / "work"
+    work.mkdir()
+    last = refused(monkeypatch, capsys, work, f"{key}={value}", "output_root=out", flags=mode)
+    assert last.startswith(f"error: {key}={value!r} cannot name a folder: use letters, digits and - _ . only")
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    if not mode:
+        assert written == [], f"nothing may be written before the refusal, found {written}"
+    # a sweep records itself (sweep folder, parent run in the store) before its first job resolves its folder
+    outside = [p for p in written if not p.is_relative_to(work / "out") and p != work / "mlflow.db"]
+    assert outside == [], f"written outside output_root: {outside}"
