@@ -120,6 +120,7 @@ class DatasetConf:
     input_low: Any = 0.0  # the range of the model's input values (after transforms), for ZBox: a number or per channel
     input_high: Any = 1.0
     on_corrupt: OnCorrupt = OnCorrupt.skip
+    max_pixels: int = 89_478_485  # larger images count as unreadable (PIL's decompression-bomb bound)
     num_workers: int = 0
 
 
@@ -269,6 +270,8 @@ def _check_counts(cfg: DictConfig) -> None:
     if not 0 <= cfg.dataset.shard < cfg.dataset.num_shards:
         raise ValueError(f"dataset.shard={cfg.dataset.shard} must be in 0..{cfg.dataset.num_shards - 1} "
                          f"(dataset.num_shards={cfg.dataset.num_shards})")
+    if cfg.dataset.max_pixels < 1:
+        raise ValueError(f"dataset.max_pixels={cfg.dataset.max_pixels} must be >= 1 (larger images are unreadable)")
     for key in ("steps", "features_in_step", "batch_size"):
         value = cfg.evaluation.get(key)
         if value is not None and value < 1:

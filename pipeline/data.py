@@ -1,7 +1,7 @@
 """The data stage: which samples a run covers, and loading them in batches.
 
-Sources: the bundled digits, a torchvision ``ImageFolder`` (unreadable images skipped or fatal, by
-config) and CIFAR-10 from a local folder. Every per-sample selection goes through ``select_samples``.
+Sources: the bundled digits, a folder of ``<class>/<image>`` files (``pipeline.images``: unreadable images
+skipped or fatal, by config) and CIFAR-10 from a local folder. Every per-sample selection goes through ``select_samples``.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,14 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import DatasetKind, OnCorrupt
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """Stands in for a sample whose file could not be read."""
-
-    path: str
-    reason: str
+from pipeline.images import CheckedImageFolder, Unreadable
 
 
 @dataclass
@@ -47,26 +40,6 @@ class TensorImages(Dataset):
         return (self.transform(image) if self.transform else image), int(self.labels[index])
 
 
-class CheckedImageFolder(Dataset):
-    """``ImageFolder`` that hands back ``Unreadable(path, reason)`` instead of raising on a broken file."""
-
-    def __init__(self, root: str, transform: Optional[Callable]):
-        from torchvision.datasets import ImageFolder
-
-        self.folder = ImageFolder(root, transform=transform)
-        self.classes = tuple(self.folder.classes)
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def __getitem__(self, index: int):
-        try:
-            return self.folder[index]
-        except (OSError, ValueError, SyntaxError) as error:  # PIL raises these for truncated/corrupt files
-            path, label = self.folder.samples[index]
-            return Unreadable(path, f"{type(error).__name__}: {error}"), label
-
-
 def build_transform(specs: list[Any]) -> Optional[Callable]:
     """Compose the configured torchvision transforms (``_target_`` nodes), or None when there are none."""
     if not specs:
@@ -88,7 +61,7 @@ def load_dataset(cfg: DictConfig) -> Dataset:
     if cfg.kind == DatasetKind.image_folder:
         if not path.is_dir():
             raise FileNotFoundError(f"dataset.path={cfg.path} is not a folder: give a folder of <class>/<image> files")
-        return CheckedImageFolder(str(path), transform)
+        return CheckedImageFolder(str(path), transform, cfg.max_pixels)
     if cfg.kind == DatasetKind.cifar10:
         from torchvision.datasets import CIFAR10
 
