@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from pipeline.tracking import resolve_tracking_uri
+from pipeline.store import resolve_tracking_uri
 
 #: Table column -> ``mlflow.search_runs`` column.
 COLUMNS = {
@@ -54,9 +54,9 @@ def search_runs(uri: str, **kwargs) -> pd.DataFrame:
 
 def find_runs(uri: str, experiment: str, parent: Optional[str] = None, filter_string: str = "") -> pd.DataFrame:
     """Finished runs of ``experiment`` (children of ``parent`` when given) that have an SRG, best first."""
-    from mlflow import MlflowClient
+    from pipeline.store import tracking_client
 
-    if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
+    if tracking_client(uri).get_experiment_by_name(experiment) is None:
         raise ValueError(f"no experiment named {experiment!r} at {uri}: check --experiment and --tracking-uri")
     clauses = ["attributes.status = 'FINISHED'"]
     if parent:
@@ -149,11 +149,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     print(format_table(table))
     if args.log:
-        from mlflow import MlflowClient
+        from pipeline.store import get_or_create_experiment, tracking_client
 
-        from pipeline.tracking import get_or_create_experiment
-
-        client = MlflowClient(tracking_uri=uri)
+        client = tracking_client(uri)
         run_id = args.parent
         if run_id is None:
             experiment_id = get_or_create_experiment(client, args.experiment)

@@ -141,6 +141,7 @@ class TrackingConf:
     experiment: str = "xai-pipeline"
     publish: bool = True  # false: results stay in the output folder; `python -m pipeline.publish` sends them
     tags: dict[str, str] = field(default_factory=dict)  # extra run tags, e.g. tracking.tags.trigger=cron
+    timeout_s: float = 30.0  # publishing gives up (and prints the publish command) after about this long
 
 
 @dataclass

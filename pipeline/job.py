@@ -29,7 +29,8 @@ from pipeline.input_range import check_input_range, input_bounds
 from pipeline.models import load_model, resolve_device
 from pipeline.report import summarize
 from pipeline.results import RunFolder
-from pipeline.tracking import TrackingUnavailable, publish, publish_command, resolve_tracking_uri, run_url
+from pipeline.store import TrackingUnavailable, resolve_tracking_uri
+from pipeline.tracking import publish, publish_command, run_url
 from xai.model_guard import model_device
 from xai.validation import check_model_input
 
@@ -195,7 +196,8 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
                  cfg.dataset.shard, cfg.dataset.num_shards, folder.path.parent)
     elif cfg.tracking.publish:
         uri = resolve_tracking_uri(cfg.tracking.uri)
-        run_id = publish_or_explain(folder, uri, cfg.tracking.experiment, dict(cfg.tracking.tags))
+        run_id = publish_or_explain(folder, uri, cfg.tracking.experiment, dict(cfg.tracking.tags),
+                                    cfg.tracking.timeout_s)
         if run_id:
             log.info("MLflow run: %s", run_url(uri, run_id))
     log.info("results: %s", folder.path.resolve())
@@ -229,18 +231,22 @@ def _say_why_afresh(folder: RunFolder, cfg: DictConfig, manifest: dict[str, Any]
     log.info("%s since %s: computing afresh in %s", what, latest.parent, folder.path)
 
 
-def publish_or_explain(folder: RunFolder, uri: str, experiment: str, tags: dict[str, str]) -> str | None:
+def publish_or_explain(folder: RunFolder, uri: str, experiment: str, tags: dict[str, str],
+                       timeout_s: float = 30.0) -> str | None:
     """Publish; when the tracking server fails, keep the local results and say how to publish them later.
 
     A transient failure (a locked SQLite file under parallel jobs) is retried: publishing is idempotent, so a
-    half-logged run from a failed attempt is replaced, never duplicated. An unreachable server is not retried.
+    half-logged run from a failed attempt is replaced, never duplicated. An unreachable server is not retried, and
+    no attempt starts after ``timeout_s``: a server that stops answering mid-publish costs about ``timeout_s``.
     """
+    deadline = perf_counter() + timeout_s
     for attempt in range(1, PUBLISH_ATTEMPTS + 1):
         try:
-            run_id = publish(folder, uri, experiment, tags)
+            run_id = publish(folder, uri, experiment, tags, timeout_s=max(1.0, deadline - perf_counter()))
             break
         except Exception as error:  # any tracking failure (server down, DB locked, ...) keeps the local results
-            if attempt < PUBLISH_ATTEMPTS and not isinstance(error, TrackingUnavailable):
+            retry = not isinstance(error, TrackingUnavailable) and perf_counter() < deadline - 1.0
+            if attempt < PUBLISH_ATTEMPTS and retry:
                 log.info("publishing attempt %d failed (%s); retrying", attempt, error)
                 sleep(0.5 * 2**attempt + random.random())
                 continue

@@ -174,7 +174,7 @@ def _merged_config(shard_config: DictConfig, num_shards: int) -> DictConfig:
 
 def publish_target(folder: RunFolder, uri: Optional[str] = None, experiment: Optional[str] = None) -> tuple[str, str, dict]:
     """Tracking URI, experiment and tags a folder publishes with: the given ones, else its config's."""
-    from pipeline.tracking import resolve_tracking_uri
+    from pipeline.store import resolve_tracking_uri
 
     tracking = OmegaConf.load(folder.config_file).tracking
     return uri or resolve_tracking_uri(tracking.uri), experiment or tracking.experiment, dict(tracking.tags)

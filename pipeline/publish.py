@@ -10,7 +10,8 @@ import sys
 from omegaconf import OmegaConf
 
 from pipeline.results import RunFolder
-from pipeline.tracking import TrackingUnavailable, publish, resolve_tracking_uri
+from pipeline.store import TrackingUnavailable, resolve_tracking_uri
+from pipeline.tracking import publish
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output_dir", help="the run's output folder (holds manifest.json and COMPLETE)")
     parser.add_argument("--tracking-uri", help="default: the run's tracking.uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--experiment", help="default: the run's tracking.experiment")
+    parser.add_argument("--timeout-s", type=float, help="give up after about this long (default: the run's "
+                        "tracking.timeout_s, else 30)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -28,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.tracking_uri or resolve_tracking_uri(tracking.uri)
     experiment = args.experiment or tracking.experiment
     try:
-        run_id = publish(folder, uri, experiment, dict(tracking.tags))
-    except (ValueError, TrackingUnavailable) as error:  # incomplete folder, server down: say so, no traceback
+        timeout_s = args.timeout_s or tracking.get("timeout_s", 30.0)
+        run_id = publish(folder, uri, experiment, dict(tracking.tags), timeout_s=timeout_s)
+    except Exception as error:  # incomplete folder, server down or not answering: say so, no traceback
         print(f"not published: {error}", file=sys.stderr)
         return 1
     print(f"published {folder.path} to {uri}, experiment {experiment}: run {run_id}")

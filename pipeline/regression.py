@@ -15,7 +15,7 @@ import pandas as pd
 
 from pipeline.compare import search_runs
 from pipeline.exit_codes import ExitCode, UsageParser
-from pipeline.tracking import resolve_tracking_uri
+from pipeline.store import resolve_tracking_uri
 
 SRG = "metrics.faithfulness/srg"
 CONFIG = "tags.config_hash"
@@ -50,9 +50,9 @@ class Verdict:
 
 def scheduled_runs(uri: str, experiment: str, schedule: str) -> pd.DataFrame:
     """Finished runs tagged ``schedule=<schedule>`` that carry an SRG and a config hash, newest first."""
-    from mlflow import MlflowClient
+    from pipeline.store import tracking_client
 
-    if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
+    if tracking_client(uri).get_experiment_by_name(experiment) is None:
         raise ValueError(f"no experiment named {experiment!r} at {uri}: check --experiment and --tracking-uri")
     runs = search_runs(
         uri,
@@ -90,9 +90,9 @@ def judge(runs: pd.DataFrame, threshold: float, parent: Optional[str] = None) ->
 
 def tag_verdicts(uri: str, verdicts: list[Verdict]) -> None:
     """Record each verdict on its run, so the MLflow UI can filter ``tags.regression = 'true'``."""
-    from mlflow import MlflowClient
+    from pipeline.store import tracking_client
 
-    client = MlflowClient(tracking_uri=uri)
+    client = tracking_client(uri)
     for v in verdicts:
         client.set_tag(v.run_id, "regression", str(v.regressed).lower())
         client.set_tag(v.run_id, "regression.threshold", str(v.threshold))

@@ -78,7 +78,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _run(args) -> ExitCode:
     from pipeline.regression import check, report
-    from pipeline.tracking import resolve_tracking_uri
+    from pipeline.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     sweep_dir = Path(args.output_root).resolve() / args.experiment / time.strftime("%Y-%m-%d_%H-%M-%S")

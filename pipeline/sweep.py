@@ -42,7 +42,7 @@ class MlflowSweep(Callback):
     """Parent run per multirun; see the module docstring."""
 
     def __init__(self, tracking_uri: Optional[str], experiment: str, tags: Optional[dict[str, str]] = None):
-        from pipeline.tracking import resolve_tracking_uri
+        from pipeline.store import resolve_tracking_uri
 
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment
@@ -72,11 +72,10 @@ class MlflowSweep(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.parent_run_id:
             return
-        from mlflow import MlflowClient
-
         from pipeline.compare import find_runs, log_comparison
+        from pipeline.store import tracking_client
 
-        client = MlflowClient(tracking_uri=self.tracking_uri)
+        client = tracking_client(self.tracking_uri)
         try:
             children = find_runs(self.tracking_uri, self.experiment, parent=self.parent_run_id)
             if len(children):
@@ -87,12 +86,9 @@ class MlflowSweep(Callback):
         self._ended = True
 
     def _create_parent(self, config: DictConfig, sweep_dir: Path) -> str:
-        from mlflow import MlflowClient
+        from pipeline.store import get_or_create_experiment, tracking_client
 
-        from pipeline.tracking import check_reachable, get_or_create_experiment
-
-        check_reachable(self.tracking_uri)
-        client = MlflowClient(tracking_uri=self.tracking_uri)
+        client = tracking_client(self.tracking_uri)
         params = config.hydra.sweeper.get("params") or {}
         overrides = " ".join(config.hydra.overrides.task)
         sweep = " ".join(f"{k}={v}" for k, v in params.items())  # sweeps set in config (experiment=nightly)
@@ -114,9 +110,9 @@ class MlflowSweep(Callback):
         """Hydra skips ``on_multirun_end`` when a job fails: mark the parent FAILED instead of leaving it RUNNING."""
         if self._ended:
             return
-        from mlflow import MlflowClient
+        from pipeline.store import tracking_client
 
         try:
-            MlflowClient(tracking_uri=self.tracking_uri).set_terminated(self.parent_run_id, "FAILED")
+            tracking_client(self.tracking_uri).set_terminated(self.parent_run_id, "FAILED")
         except Exception as error:
             log.warning("could not mark sweep parent run %s FAILED: %s", self.parent_run_id, error)

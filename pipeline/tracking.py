@@ -2,13 +2,13 @@
 
 The folder's run key (``manifest.json``) is stored as the run tag ``run_key``. Publishing first looks
 for a finished run with that tag and stops there: publishing twice never makes a second run. A run
-left unfinished by an interrupted publish is deleted and published again from the folder.
+left unfinished by an interrupted publish (its publisher is gone) is deleted and published again from the folder.
+One publisher of a folder at a time: a lock in the folder (``.publish.lock``) covers the search and the logging.
 """
 import os
 import shlex
+import socket
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,21 +17,16 @@ import pandas as pd
 from omegaconf import OmegaConf
 from PIL import Image
 
+from pipeline.locks import exclusive_lock
 from pipeline.report import heatmap_key
 from pipeline.results import RunFolder, read_json, write_json
+from pipeline.store import bounded_requests, get_or_create_experiment, tracking_client
 from pipeline.sweep import parent_run_of
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_KEY_TAG = "run_key"
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking server cannot be reached; the results stay in the output folder."""
-
-
-def resolve_tracking_uri(uri: Optional[str] = None) -> str:
-    """``tracking.uri`` when given, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (working directory)."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+PUBLISHER_TAG = "publisher"  # <host>:<pid> of the process that logs the run
+#: In a results folder: held while publishing it, so that one publisher at a time searches and creates its run.
+PUBLISH_LOCK = ".publish.lock"
 
 
 def publish_command(folder: RunFolder, uri: str, experiment: str) -> str:
@@ -44,26 +39,11 @@ def publish_command(folder: RunFolder, uri: str, experiment: str) -> str:
 
 def run_url(uri: str, run_id: str) -> str:
     """Where a run is seen in the MLflow UI: the server's page, or for a local store the page ``mlflow ui`` serves."""
-    from mlflow import MlflowClient
-
-    experiment_id = MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+    experiment_id = tracking_client(uri).get_run(run_id).info.experiment_id
     page = f"#/experiments/{experiment_id}/runs/{run_id}"
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/{page}"
     return f"http://127.0.0.1:5000/{page} (start the UI with: mlflow ui --backend-store-uri {uri})"
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (instead of MLflow's minutes of retries) when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            if response.status == 200:
-                return
-    except (urllib.error.URLError, OSError) as error:
-        raise TrackingUnavailable(f"the MLflow server at {uri} is unreachable ({error})") from error
-    raise TrackingUnavailable(f"the MLflow server at {uri} is not healthy")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -77,15 +57,23 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def publish(folder: RunFolder, uri: str, experiment: str, extra_tags: Optional[dict[str, str]] = None) -> str:
-    """Log a complete output folder as one MLflow run (or find the one already logged); returns its run id."""
+def publish(folder: RunFolder, uri: str, experiment: str, extra_tags: Optional[dict[str, str]] = None,
+            timeout_s: float = 30.0) -> str:
+    """Log a complete output folder as one MLflow run (or find the one already logged); returns its run id.
+
+    One publisher of a folder at a time (a lock in the folder): the search for the folder's run and its creation
+    never interleave with another's. Each request to an HTTP server is bounded by ``timeout_s``.
+    """
     if not folder.is_complete:
         raise ValueError(f"{folder.path} is not complete (no COMPLETE marker): rerun the pipeline command to finish it")
-    check_reachable(uri)
-    from mlflow import MlflowClient
+    with exclusive_lock(folder.path / PUBLISH_LOCK, wait_s=None), bounded_requests(timeout_s):
+        return _publish_holding_the_lock(folder, tracking_client(uri, min(5.0, timeout_s)), uri, experiment, extra_tags)
+
+
+def _publish_holding_the_lock(folder: RunFolder, client, uri: str, experiment: str,
+                              extra_tags: Optional[dict[str, str]]) -> str:
     from mlflow.entities import RunStatus
 
-    client = MlflowClient(tracking_uri=uri)
     experiment_id = get_or_create_experiment(client, experiment)
     manifest = folder.manifest
     parent = parent_run_of(folder, uri, experiment)
@@ -97,7 +85,9 @@ def publish(folder: RunFolder, uri: str, experiment: str, extra_tags: Optional[d
         if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
             _record(folder, uri, experiment, run.info.run_id)
             return run.info.run_id
-        client.delete_run(run.info.run_id)  # an interrupted publish: start over from the folder
+    for run in found:
+        if not _publisher_alive(run.data.tags.get(PUBLISHER_TAG, "")):
+            client.delete_run(run.info.run_id)  # an interrupted publish: start over from the folder
 
     tags = {
         RUN_KEY_TAG: manifest["run_key"],
@@ -110,6 +100,7 @@ def publish(folder: RunFolder, uri: str, experiment: str, extra_tags: Optional[d
         "config_hash": manifest["config_hash"],
         **manifest.get("inputs", {}),  # checkpoint_sha256, data_digest, code_version
         "output_dir": str(folder.path.resolve()),
+        PUBLISHER_TAG: f"{socket.gethostname()}:{os.getpid()}",
         **({"mlflow.parentRunId": parent} if parent else {}),
         **(extra_tags or {}),
     }
@@ -120,16 +111,18 @@ def publish(folder: RunFolder, uri: str, experiment: str, extra_tags: Optional[d
     return run.info.run_id
 
 
-def get_or_create_experiment(client, name: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
+def _publisher_alive(publisher: str) -> bool:
+    """Whether the ``<host>:<pid>`` that logs a run is a live process on this host (elsewhere: unknown, so no)."""
+    host, _, pid = publisher.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
     try:
-        return client.create_experiment(name)
-    except MlflowException:  # created meanwhile by a parallel job
-        return client.get_experiment_by_name(name).experiment_id
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _log_results(client, run_id: str, folder: RunFolder) -> None:

@@ -1,0 +1,134 @@
+"""The tracking side under concurrency and faults: a fresh SQLite store made once, a kill mid-creation, two
+publishers of one folder, a server that stops answering. Processes are forked (no re-import), servers bind 127.0.0.1.
+"""
+import logging
+import multiprocessing
+import os
+import signal
+import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
+
+from pipeline.config import CONF_DIR
+from pipeline.job import publish_or_explain, run_job
+from pipeline.store import TrackingUnavailable, ensure_store, tracking_client
+from pipeline.tracking import RUN_KEY_TAG, publish
+
+FORK = multiprocessing.get_context("fork")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """One complete, unpublished results folder (2 digits, Gradient)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["method=gradient", "dataset.limit=2", "batch_size=2",
+                                                       "heatmaps=1", "tracking.publish=false"])
+    return run_job(cfg, tmp_path_factory.mktemp("folder") / "out")
+
+
+def in_processes(target, *arg_lists):
+    """Run target(*args) in one forked process per argument list, all at once; their exit codes."""
+    processes = [FORK.Process(target=target, args=args) for args in arg_lists]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(120)
+    return [p.exitcode for p in processes]
+
+
+def finished_runs(uri, experiment, run_key):
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return [r for r in client.search_runs([found.experiment_id], f"tags.{RUN_KEY_TAG} = '{run_key}'")
+            if r.info.status == "FINISHED"]
+
+
+def test_four_first_publishes_at_once_on_a_fresh_store_all_land_and_the_store_stays_usable(tmp_path, folder):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    codes = in_processes(publish, *[(folder, uri, f"parallel-{i}") for i in range(4)])
+    assert codes == [0, 0, 0, 0]
+    for i in range(4):
+        assert len(finished_runs(uri, f"parallel-{i}", folder.manifest["run_key"])) == 1
+    assert not list(tmp_path.glob(".mlflow.db.*.building"))
+
+
+def test_a_kill_during_store_creation_leaves_no_store_and_the_next_publish_works(tmp_path, folder):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    creator = FORK.Process(target=ensure_store, args=(uri,))
+    creator.start()
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".mlflow.db.*.building")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(creator.pid, signal.SIGKILL)  # mid-creation: the schema is being built in the temporary file
+    creator.join()
+    assert not (tmp_path / "mlflow.db").exists()  # never a half-made store in place
+    publish(folder, uri, "after-kill")
+    assert len(finished_runs(uri, "after-kill", folder.manifest["run_key"])) == 1
+    assert not list(tmp_path.glob(".mlflow.db.*.building"))
+
+
+def test_a_broken_store_is_refused_with_the_way_to_recover(tmp_path, folder, caplog):
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # what a creation killed mid-way (before this fix) left
+        db.execute("CREATE TABLE experiments (experiment_id INTEGER)")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(TrackingUnavailable, match=r"mlflow.db is broken .* move .*mlflow.db aside, then publish each "
+                                                  r"folder again with `python -m pipeline.publish <output folder>`"):
+        tracking_client(uri)
+    with caplog.at_level(logging.WARNING):
+        assert publish_or_explain(folder, uri, "broken", {}) is None  # the folder is kept; the command is printed
+    assert "python -m pipeline.publish" in caplog.text
+
+
+def test_two_publishers_of_one_folder_make_one_run(tmp_path, folder):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ensure_store(uri)
+    for trial in range(5):
+        codes = in_processes(publish, (folder, uri, f"twice-{trial}"), (folder, uri, f"twice-{trial}"))
+        assert codes == [0, 0]
+        assert len(finished_runs(uri, f"twice-{trial}", folder.manifest["run_key"])) == 1
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(f"twice-{trial}").experiment_id
+        assert len(client.search_runs([experiment], run_view_type=3)) == 1  # none made and deleted either
+
+
+class Unanswering(BaseHTTPRequestHandler):
+    """A tracking server that says it is healthy, then never answers an API call (as one that hangs mid-publish)."""
+
+    release = threading.Event()
+
+    def do_GET(self):
+        if self.path.startswith("/health"):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+            return
+        self.release.wait(120)
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_that_stops_answering_ends_in_the_fallback_within_the_bound(folder, caplog):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unanswering)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        start = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            assert publish_or_explain(folder, uri, "hanging", {}, timeout_s=3) is None
+        elapsed = time.monotonic() - start
+    finally:
+        Unanswering.release.set()
+        server.shutdown()
+    assert elapsed < 3 + 3, f"publishing gave up after {elapsed:.1f} s, bound 3 s (+3 s for the last request)"
+    assert "python -m pipeline.publish" in caplog.text and "could not publish" in caplog.text
