@@ -1,7 +1,8 @@
 """``python -m pipeline.scheduled``: the nightly evaluation, for cron, systemd timers and Kubernetes CronJobs.
 
 1. Takes a non-blocking lock (``flock``): while a run holds it, another exits at once with 75, so
-   scheduled runs never overlap.
+   scheduled runs never overlap. The sweep inherits the lock: while it lives, even after ``kill -9`` of this
+   wrapper, the next scheduled run exits 75.
 2. Runs the ``experiment=nightly`` sweep (extra Hydra overrides after ``--``) into a fresh folder
    ``<output root>/<experiment>/<timestamp>``: one MLflow parent run, one child per config.
 3. Runs the regression check (``pipeline.regression``) on that sweep's children.
@@ -9,36 +10,14 @@
 Exit codes (``pipeline.exit_codes.ExitCode``): 0 ok, 1 the sweep or a job in it failed, 2 a regression
 (SRG dropped beyond ``--threshold``), 64 bad usage, 75 locked. A failed job wins over a regression.
 """
-import fcntl
-import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import IO, Optional
 
 from pipeline.exit_codes import ExitCode, UsageParser
-
-@contextmanager
-def exclusive_lock(path: Path) -> Iterator[bool]:
-    """Yield True holding ``flock(path)``, or False at once when another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
+from pipeline.locks import exclusive_lock, holder
 
 def sweep_command(uri: str, experiment: str, sweep_dir: Path, overrides: list[str]) -> list[str]:
     """The Hydra multirun of the nightly preset (the same command works by hand)."""
@@ -68,15 +47,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"--threshold must be >= 0, got {args.threshold}")
 
     lock = Path(args.lock or Path(args.output_root) / f"{args.experiment}.lock")
-    with exclusive_lock(lock) as acquired:
-        if not acquired:
-            holder = lock.read_text().strip() or "?"
-            print(f"another scheduled run (pid {holder}) holds {lock}: not starting", file=sys.stderr)
+    with exclusive_lock(lock) as held:
+        if held is None:
+            print(f"another scheduled run ({holder(lock)}) holds {lock}: not starting", file=sys.stderr)
             return ExitCode.LOCKED
-        return _run(args)
+        return _run(args, held)
 
 
-def _run(args) -> ExitCode:
+def _run(args, lock: IO) -> ExitCode:
     from pipeline.regression import check, report
     from pipeline.store import resolve_tracking_uri
 
@@ -84,7 +62,8 @@ def _run(args) -> ExitCode:
     sweep_dir = Path(args.output_root).resolve() / args.experiment / time.strftime("%Y-%m-%d_%H-%M-%S")
     command = sweep_command(uri, args.experiment, sweep_dir, args.overrides)
     print("running:", " ".join(command), flush=True)
-    sweep_failed = subprocess.run(command).returncode != 0
+    # the sweep holds the lock with us (it inherits the descriptor): killing this wrapper leaves no lock-free sweep
+    sweep_failed = subprocess.run(command, pass_fds=[lock.fileno()]).returncode != 0
     parent = parent_of_sweep(sweep_dir)
     if parent is None:
         print(f"the sweep made no parent run (see its output above; folder {sweep_dir})", file=sys.stderr)

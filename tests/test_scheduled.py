@@ -4,8 +4,10 @@ The sweep is cut down to one config (gradient on 8 digits) with extra Hydra over
 """
 import fcntl
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,8 +34,30 @@ def test_a_second_instance_exits_75_while_the_lock_is_held(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         done = scheduled(tmp_path, "--", *SMALL)
     assert done.returncode == ExitCode.LOCKED == 75
-    assert "pid 4242" in done.stderr and "holds" in done.stderr
+    assert "another scheduled run (4242) holds" in done.stderr
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_a_killed_wrapper_leaves_its_sweep_holding_the_lock(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    slow = ["hydra.sweeper.params.explainer=gradient-none", "dataset.limit=64", "evaluation.features_in_step=1",
+            "heatmaps=1"]  # 1024 flip steps: minutes of scoring
+    command = [sys.executable, "-m", "pipeline.scheduled", "--lock", str(tmp_path / "nightly.lock"),
+               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--output-root", str(tmp_path / "out"),
+               "--", *slow]
+    wrapper = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "out").glob("nightly/*/*/*/*")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the sweep's first job has its folder: the sweep is running
+        assert wrapper.poll() is None, "the sweep ended before the test could kill its wrapper"
+        os.kill(wrapper.pid, signal.SIGKILL)
+        wrapper.wait()
+        done = scheduled(tmp_path, "--", *SMALL)
+        assert done.returncode == ExitCode.LOCKED, done.stderr[-2000:]
+    finally:
+        os.killpg(wrapper.pid, signal.SIGKILL)  # the orphaned sweep: same process group as its wrapper
 
 
 def test_planted_regression_exits_2_and_tags_the_new_run(tmp_path):
