@@ -30,12 +30,31 @@ def exclusive_lock(path: Path, wait_s: Optional[float] = 0.0) -> Iterator[Option
                 time.sleep(0.05)
         handle.seek(0)
         handle.truncate()
-        handle.write(f"{socket.gethostname()}:{os.getpid()}\n")
+        handle.write(f"{this_process()}\n")
         handle.flush()
         try:
             yield handle
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def this_process() -> str:
+    """``<host>:<pid>`` of this process, as lock files and run tags record their owner."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_alive(owner: str) -> bool:
+    """Whether ``<host>:<pid>`` is a live process on this host (this one included; another host: unknown, False)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def holder(path: Path) -> str:

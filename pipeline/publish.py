@@ -10,7 +10,7 @@ import sys
 from omegaconf import OmegaConf
 
 from pipeline.results import RunFolder
-from pipeline.store import TrackingUnavailable, resolve_tracking_uri
+from pipeline.store import resolve_tracking_uri
 from pipeline.tracking import publish
 
 

@@ -6,10 +6,12 @@ create them. The callback object is pickled to the jobs with Hydra's context (jo
 workers get its ``parent_run_id``); ``on_job_start`` writes the parent into the job's output folder
 (``sweep_parent.json``), where ``pipeline.tracking.publish`` reads it, so a run published later with
 ``python -m pipeline.publish`` still lands under its parent. ``on_multirun_end`` logs the ranking of
-the children into the parent and finishes it; a sweep that fails leaves the parent FAILED.
+the children into the parent and finishes it; a sweep that fails leaves the parent FAILED, and one whose driver
+was killed is marked KILLED by the next sweep or publish in that experiment (``end_orphaned_sweeps``).
 """
 import atexit
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +19,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pipeline.locks import process_alive, this_process
 from pipeline.results import RunFolder, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,20 @@ PARENT_FILE = "sweep_parent.json"
 #: In the sweep folder: the parent run of the latest sweep started there (read by ``pipeline.scheduled``).
 SWEEP_FILE = "mlflow_parent.json"
 SWEEP_TAG = "sweep"
+DRIVER_TAG = "sweep_driver"  # <host>:<pid> of the process that runs the sweep and ends its parent run
+
+
+def end_orphaned_sweeps(client, experiment_id: str) -> list[str]:
+    """Mark KILLED every RUNNING sweep parent whose driver process on this host is gone (``kill -9``, a crash);
+    returns their run ids. Parents driven from another host are left alone: whether those live is unknown here."""
+    running = client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = 'true' and attributes.status = 'RUNNING'")
+    orphans = [r.info.run_id for r in running
+               if DRIVER_TAG in r.data.tags and r.data.tags[DRIVER_TAG].startswith(f"{socket.gethostname()}:")
+               and not process_alive(r.data.tags[DRIVER_TAG])]
+    for run_id in orphans:
+        client.set_terminated(run_id, "KILLED")
+        log.warning("sweep parent run %s was left RUNNING by a driver that is gone: marked KILLED", run_id)
+    return orphans
 
 
 def parent_run_of(folder: RunFolder, uri: str, experiment: str) -> Optional[str]:
@@ -89,6 +106,8 @@ class MlflowSweep(Callback):
         from pipeline.store import get_or_create_experiment, tracking_client
 
         client = tracking_client(self.tracking_uri)
+        experiment_id = get_or_create_experiment(client, self.experiment)
+        end_orphaned_sweeps(client, experiment_id)
         params = config.hydra.sweeper.get("params") or {}
         overrides = " ".join(config.hydra.overrides.task)
         sweep = " ".join(f"{k}={v}" for k, v in params.items())  # sweeps set in config (experiment=nightly)
@@ -96,11 +115,12 @@ class MlflowSweep(Callback):
             SWEEP_TAG: "true",
             "sweep_dir": str(sweep_dir),
             "launcher": str(config.hydra.launcher._target_).rsplit(".", 1)[-1],
+            DRIVER_TAG: this_process(),
             "overrides": " ".join(filter(None, (overrides, sweep)))[:8000],
             **self.tags,
         }
         name = f"sweep-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-        run = client.create_run(get_or_create_experiment(client, self.experiment), run_name=name, tags=tags)
+        run = client.create_run(experiment_id, run_name=name, tags=tags)
         return run.info.run_id
 
     def _record(self) -> dict[str, str]:

@@ -5,9 +5,8 @@ for a finished run with that tag and stops there: publishing twice never makes a
 left unfinished by an interrupted publish (its publisher is gone) is deleted and published again from the folder.
 One publisher of a folder at a time: a lock in the folder (``.publish.lock``) covers the search and the logging.
 """
-import os
+import logging
 import shlex
-import socket
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -17,11 +16,13 @@ import pandas as pd
 from omegaconf import OmegaConf
 from PIL import Image
 
-from pipeline.locks import exclusive_lock
+from pipeline.locks import exclusive_lock, process_alive, this_process
 from pipeline.report import heatmap_key
 from pipeline.results import RunFolder, read_json, write_json
 from pipeline.store import bounded_requests, get_or_create_experiment, tracking_client
-from pipeline.sweep import parent_run_of
+from pipeline.sweep import end_orphaned_sweeps, parent_run_of
+
+log = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "run_key"
 PUBLISHER_TAG = "publisher"  # <host>:<pid> of the process that logs the run
@@ -75,6 +76,7 @@ def _publish_holding_the_lock(folder: RunFolder, client, uri: str, experiment: s
     from mlflow.entities import RunStatus
 
     experiment_id = get_or_create_experiment(client, experiment)
+    end_orphaned_sweeps(client, experiment_id)
     manifest = folder.manifest
     parent = parent_run_of(folder, uri, experiment)
     query = f"tags.{RUN_KEY_TAG} = '{manifest['run_key']}'"
@@ -85,9 +87,12 @@ def _publish_holding_the_lock(folder: RunFolder, client, uri: str, experiment: s
         if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
             _record(folder, uri, experiment, run.info.run_id)
             return run.info.run_id
+    if parent:
+        _say_if_published_before(client, experiment_id, manifest["run_key"], parent)
     for run in found:
-        if not _publisher_alive(run.data.tags.get(PUBLISHER_TAG, "")):
-            client.delete_run(run.info.run_id)  # an interrupted publish: start over from the folder
+        publisher = run.data.tags.get(PUBLISHER_TAG, "")
+        if publisher == this_process() or not process_alive(publisher):
+            client.delete_run(run.info.run_id)  # an interrupted publish (ours or a dead one's): start over
 
     tags = {
         RUN_KEY_TAG: manifest["run_key"],
@@ -100,7 +105,7 @@ def _publish_holding_the_lock(folder: RunFolder, client, uri: str, experiment: s
         "config_hash": manifest["config_hash"],
         **manifest.get("inputs", {}),  # checkpoint_sha256, data_digest, code_version
         "output_dir": str(folder.path.resolve()),
-        PUBLISHER_TAG: f"{socket.gethostname()}:{os.getpid()}",
+        PUBLISHER_TAG: this_process(),
         **({"mlflow.parentRunId": parent} if parent else {}),
         **(extra_tags or {}),
     }
@@ -111,18 +116,13 @@ def _publish_holding_the_lock(folder: RunFolder, client, uri: str, experiment: s
     return run.info.run_id
 
 
-def _publisher_alive(publisher: str) -> bool:
-    """Whether the ``<host>:<pid>`` that logs a run is a live process on this host (elsewhere: unknown, so no)."""
-    host, _, pid = publisher.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _say_if_published_before(client, experiment_id: str, run_key: str, parent: str) -> None:
+    """A rerun sweep logs its own copy of a config published before (its parent ranks its own children): say so."""
+    earlier = client.search_runs([experiment_id], f"tags.{RUN_KEY_TAG} = '{run_key}' and "
+                                 "attributes.status = 'FINISHED'", max_results=1)
+    if earlier:
+        log.info("these results were published before as run %s; logging a copy under this sweep's parent run %s",
+                 earlier[0].info.run_id, parent)
 
 
 def _log_results(client, run_id: str, folder: RunFolder) -> None:

@@ -1,5 +1,4 @@
 """evaluation.steps: a fixed number of flip steps whatever the image size, and the scoring plan printed before work."""
-import logging
 
 import pytest
 import torch

@@ -12,7 +12,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 import evaluation.perturbation_curve
-from evaluation import PixelFlipping, RegionPerturbation, SymmetricRelevanceGain, make_baseline
+from evaluation import PixelFlipping, SymmetricRelevanceGain, make_baseline
 from evaluation.ordering import stable_argsort
 
 ATOL = 1e-5

@@ -1,11 +1,13 @@
 """The tracking side under concurrency and faults: a fresh SQLite store made once, a kill mid-creation, two
-publishers of one folder, a server that stops answering. Processes are forked (no re-import), servers bind 127.0.0.1.
+publishers of one folder, a server that stops answering, a sweep driver killed. Processes are forked (no re-import), servers bind 127.0.0.1.
 """
 import logging
 import multiprocessing
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +18,9 @@ from mlflow import MlflowClient
 
 from pipeline.config import CONF_DIR
 from pipeline.job import publish_or_explain, run_job
+from pipeline.results import read_json
 from pipeline.store import TrackingUnavailable, ensure_store, tracking_client
+from pipeline.sweep import DRIVER_TAG, SWEEP_FILE
 from pipeline.tracking import RUN_KEY_TAG, publish
 
 FORK = multiprocessing.get_context("fork")
@@ -132,3 +136,28 @@ def test_a_server_that_stops_answering_ends_in_the_fallback_within_the_bound(fol
         server.shutdown()
     assert elapsed < 3 + 3, f"publishing gave up after {elapsed:.1f} s, bound 3 s (+3 s for the last request)"
     assert "python -m pipeline.publish" in caplog.text and "could not publish" in caplog.text
+
+
+def test_a_sweep_left_running_by_a_killed_driver_is_marked_killed_by_the_next_publish(tmp_path, folder):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep_dir = tmp_path / "sweep"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", "--multirun", "method=gradient", "dataset.limit=64",
+         "evaluation.features_in_step=1", f"tracking.uri={uri}", "tracking.experiment=orphans",
+         f"hydra.sweep.dir={sweep_dir}"],  # 1024 flip steps a sample: still running when killed
+        cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (sweep_dir / SWEEP_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        parent = read_json(sweep_dir / SWEEP_FILE)["parent_run_id"]
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(parent).info.status == "RUNNING"  # what kill -9 leaves
+    elsewhere = client.create_run(client.get_run(parent).info.experiment_id, tags={"sweep": "true",
+                                                                                  DRIVER_TAG: "another-host:1"})
+    publish(folder, uri, "orphans")
+    assert client.get_run(parent).info.status == "KILLED"
+    assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"  # its driver may live: left alone
