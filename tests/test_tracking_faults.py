@@ -4,6 +4,7 @@ publishers of one folder, a server that stops answering, a sweep driver killed. 
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,9 +19,9 @@ from mlflow import MlflowClient
 
 from pipeline.config import CONF_DIR
 from pipeline.job import publish_or_explain, run_job
-from pipeline.results import read_json
+from pipeline.results import RunFolder, read_json, write_json
 from pipeline.store import TrackingUnavailable, ensure_store, tracking_client
-from pipeline.sweep import DRIVER_TAG, SWEEP_FILE
+from pipeline.sweep import DRIVER_TAG, PARENT_FILE, SWEEP_FILE
 from pipeline.tracking import RUN_KEY_TAG, publish
 
 FORK = multiprocessing.get_context("fork")
@@ -161,3 +162,19 @@ def test_a_sweep_left_running_by_a_killed_driver_is_marked_killed_by_the_next_pu
     publish(folder, uri, "orphans")
     assert client.get_run(parent).info.status == "KILLED"
     assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"  # its driver may live: left alone
+
+
+def test_a_rerun_sweep_says_it_logs_a_copy_of_a_config_published_before(tmp_path, folder, caplog):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    copy = RunFolder(shutil.copytree(folder.path, tmp_path / "copy"))
+    client = tracking_client(uri)
+    experiment = client.create_experiment("rerun")
+    children = []
+    for sweep in ("first", "second"):
+        parent = client.create_run(experiment, tags={"sweep": "true"}).info.run_id
+        write_json(copy.path / PARENT_FILE, {"parent_run_id": parent, "tracking_uri": uri, "experiment": "rerun"})
+        with caplog.at_level(logging.INFO, logger="pipeline.tracking"):
+            children.append(publish(copy, uri, "rerun"))
+    assert children[0] != children[1]  # each sweep's parent ranks its own children
+    assert (f"these results were published before as run {children[0]}; logging a copy under this sweep's parent "
+            f"run {parent}") in caplog.text
