@@ -72,6 +72,24 @@ class LRPConf:
 
 
 @dataclass
+class OcclusionConf:
+    name: str = "occlusion"
+    window: int = 8  # square windows over all channels, in pixels
+    stride: int = 4
+    baseline: float = 0.0  # what covers a window
+    batch_size: int = 64  # covered images per forward pass
+
+
+@dataclass
+class CAMConf:
+    """GradCAM, GradCAM++, LayerCAM and ScoreCAM: the layer whose feature maps are weighted."""
+
+    name: str = MISSING
+    layer: Optional[str] = None  # a module path; null: the last convolutional block (xai.cam.default_layer)
+    batch_size: int = 32  # ScoreCAM: masked images per forward pass
+
+
+@dataclass
 class NoCompositeConf:
     name: str = "none"
 
@@ -168,6 +186,8 @@ def register_configs() -> None:
     cs.store(group="schema/method", name="smoothgrad", node=SmoothGradConf)
     cs.store(group="schema/method", name="integrated_gradients", node=IntegratedGradientsConf)
     cs.store(group="schema/method", name="lrp", node=LRPConf)
+    cs.store(group="schema/method", name="occlusion", node=OcclusionConf)
+    cs.store(group="schema/method", name="cam", node=CAMConf)
     cs.store(group="schema/composite", name="none", node=NoCompositeConf)
     cs.store(group="schema/composite", name="composite", node=CompositeConf)
     cs.store(group="schema/composite", name="box_composite", node=BoxCompositeConf)

@@ -11,7 +11,8 @@ from torch import nn
 
 from pipeline.input_range import composite_bound
 
-METHODS = ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "lrp")
+CAMS = {"grad_cam": "GradCAM", "grad_cam_plus_plus": "GradCAMPlusPlus", "layer_cam": "LayerCAM", "score_cam": "ScoreCAM"}
+METHODS = ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion", *CAMS, "lrp")
 COMPOSITES = {
     "epsilon_gamma_box": "EpsilonGammaBox",
     "epsilon_plus": "EpsilonPlus",
@@ -54,6 +55,13 @@ def build_analyzer(model: nn.Module, method: DictConfig, composite: DictConfig, 
         )
     if name == "integrated_gradients":
         return xai.IntegratedGradients(model, steps=method.steps, fold_batchnorm=method.fold_batchnorm)
+    if name == "occlusion":
+        return xai.Occlusion(model, window=method.window, stride=method.stride, baseline=method.baseline,
+                             batch_size=method.batch_size)
+    if name == "score_cam":
+        return xai.ScoreCAM(model, layer=method.layer, batch_size=method.batch_size)
+    if name in CAMS:
+        return getattr(xai, CAMS[name])(model, layer=method.layer)
     return xai.LRP(model, composite=build_composite(composite))
 
 

@@ -256,3 +256,19 @@ def test_image_folder_transforms_that_cannot_form_a_batch_are_named(tmp_path):
         run_job(make_cfg([*base, "dataset.transforms=[]"]), tmp_path / "a")
     with pytest.raises(ValueError, match=r"one size .*\(3, 20, 30\).*\(3, 40, 40\).*Resize and CenterCrop"):
         run_job(make_cfg([*base, "dataset.transforms=[{_target_:torchvision.transforms.ToTensor}]"]), tmp_path / "b")
+
+
+@pytest.mark.parametrize("explainer, build", [
+    ("occlusion-none", lambda m: __import__("xai").Occlusion(m, window=8, stride=4)),
+    ("grad_cam-none", lambda m: __import__("xai").GradCAM(m)),
+    ("grad_cam_plus_plus-none", lambda m: __import__("xai").GradCAMPlusPlus(m)),
+    ("layer_cam-none", lambda m: __import__("xai").LayerCAM(m)),
+    ("score_cam-none", lambda m: __import__("xai").ScoreCAM(m)),
+])
+def test_occlusion_and_cam_methods_run_in_the_pipeline_as_in_the_api(tmp_path, explainer, build):
+    folder = run_job(make_cfg([f"explainer={explainer}", "dataset.limit=3", "heatmaps=3", "tracking.publish=false",
+                               "evaluation.steps=4"]), tmp_path / "out")
+    x = digits_split("test")[0][:3]
+    expected = build(load_default_model())(x).attribution.numpy()
+    np.testing.assert_allclose(folder.read_batches()["heatmap_attribution"], expected, rtol=0, atol=1e-6)
+    assert folder.manifest["method"] == explainer.removesuffix("-none") and folder.manifest["composite"] == "none"

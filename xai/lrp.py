@@ -12,7 +12,6 @@ Residual additions ``a + b`` of two activations, also written as a functional ``
 (torchvision's ResNet), are caught by a ``TorchFunctionMode`` and split in proportion to the summands (Zennit's
 Norm rule on its ``Sum`` layer), so relevance is never duplicated.
 """
-import difflib
 import weakref
 
 import torch
@@ -27,6 +26,7 @@ from xai.model_check import ADVICE, Trace, check_modules, trace
 from xai.errors import UnsupportedModelError
 from xai.rules import LayerOutput, LinearRule, PassRule, Rule, signed_epsilon
 from xai.targets import Target, one_hot_at, resolve_target
+from xai.validation import module_at
 
 
 class _LinearRelevance(torch.autograd.Function):
@@ -138,15 +138,12 @@ class LRP(Analyzer):
         if composite is not None and not isinstance(composite, Composite):
             raise TypeError(f"composite must be an xai.composites.Composite (e.g. EpsilonGammaBox()), got "
                             f"{type(composite).__name__}")
-        paths = dict(model.named_modules())
-        modules = set(map(id, paths.values()))
+        modules = set(map(id, model.modules()))
         for key, rule in (rules or {}).items():
             if not isinstance(rule, Rule):
                 raise TypeError(f"rules[{key!r}] must be an xai.rules.Rule, got {type(rule).__name__}")
-            if isinstance(key, str) and key not in paths:
-                close = difflib.get_close_matches(key, [p for p in paths if p], n=3, cutoff=0.5)
-                hint = f"closest: {', '.join(close)}" if close else "see model.named_modules() for the paths"
-                raise ValueError(f"rules[{key!r}]: the model has no module at path {key!r}; {hint}")
+            if isinstance(key, str):
+                module_at(model, key, f"rules[{key!r}]")
             if isinstance(key, nn.Module) and id(key) not in modules:
                 raise ValueError(f"rules[{type(key).__name__}(...)]: that module is not part of the model; key it by "
                                "path (a name from model.named_modules()) or by type")

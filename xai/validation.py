@@ -3,6 +3,7 @@
 Each error names the argument, what was given and the fix, so that a mistake never surfaces as a raw torch error
 from deep inside a backward pass (or, worse, as attributions of the wrong thing).
 """
+import difflib
 import math
 import numbers
 from typing import Any
@@ -24,6 +25,16 @@ def finite_number(value: Any, name: str, minimum: float | None = None) -> float:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
     return float(value)
+
+
+def module_at(model: nn.Module, path: str, argument: str) -> nn.Module:
+    """The module at ``path`` (as in ``named_modules()``), or an error naming ``argument`` and the closest paths."""
+    modules = dict(model.named_modules())
+    if path in modules:
+        return modules[path]
+    close = difflib.get_close_matches(path, [p for p in modules if p], n=3, cutoff=0.5)
+    hint = f"closest: {', '.join(close)}" if close else "see model.named_modules() for the paths"
+    raise ValueError(f"{argument}: the model has no module at path {path!r}; {hint}")
 
 
 def check_input(x: Tensor) -> None:
