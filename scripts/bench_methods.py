@@ -1,0 +1,117 @@
+"""Time Occlusion and the CAMs against their references and against the bare passes they need, side by side on CPU.
+
+ResNet18 (random weights), one image, the same target and the same inputs per forward pass on every side:
+- Occlusion(window, stride) vs Captum's Occlusion (``perturbations_per_eval`` = our ``batch_size``) vs the bare
+  forward passes over the same covered images, built beforehand;
+- GradCAM / GradCAM++ / LayerCAM vs pytorch-grad-cam's vs a plain gradient (``xai.Gradient``);
+- ScoreCAM vs pytorch-grad-cam's (``batch_size`` equal) vs the bare forward passes over the masked images.
+Repeats alternate the order; the table shows median wall-clock and process CPU times and their ratios.
+
+    python scripts/bench_methods.py [--size 224] [--repeats 3] [--batch-size 32]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+from captum.attr import Occlusion as CaptumOcclusion
+from pytorch_grad_cam import GradCAM as RefGradCAM
+from pytorch_grad_cam import GradCAMPlusPlus as RefGradCAMPlusPlus
+from pytorch_grad_cam import LayerCAM as RefLayerCAM
+from pytorch_grad_cam import ScoreCAM as RefScoreCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torchvision.models import resnet18
+
+from xai import GradCAM, GradCAMPlusPlus, Gradient, LayerCAM, Occlusion, ScoreCAM
+from xai.occlusion import window_masks
+
+
+def timed(run) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bare_forwards(model, inputs: torch.Tensor, batch: int):
+    def run():
+        with torch.no_grad():
+            for i in range(0, len(inputs), batch):
+                model(inputs[i : i + batch])
+    return run
+
+
+def build_cases(args) -> dict[str, dict[str, callable]]:
+    torch.manual_seed(0)
+    model = resnet18(weights=None).eval()
+    x = torch.randn(1, 3, args.size, args.size)
+    with torch.no_grad():
+        target = model(x).argmax(dim=1)
+    batch, window, stride = args.batch_size, args.size // 7, args.size // 14
+    masks = window_masks(args.size, args.size, window, stride, x)[:, None]
+    covered = torch.cat([x, x * (1 - masks)])  # what Occlusion runs: the image, then every covered copy
+
+    cases = {f"Occlusion({window}/{stride}, {len(masks)} windows)": {
+        "ours": lambda: Occlusion(model, window=window, stride=stride, batch_size=batch)(x, target=target),
+        "reference": lambda: CaptumOcclusion(model).attribute(
+            x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride), baselines=0.0, target=target,
+            perturbations_per_eval=batch),
+        "bare": bare_forwards(model, covered, batch),
+    }}
+    layer = model.layer4[1]
+    for name, ours, reference in (("GradCAM", GradCAM, RefGradCAM), ("GradCAMPlusPlus", GradCAMPlusPlus,
+                                                                      RefGradCAMPlusPlus),
+                                  ("LayerCAM", LayerCAM, RefLayerCAM)):
+        cases[name] = {
+            "ours": lambda ours=ours: ours(model, layer="layer4.1")(x, target=target),
+            "reference": lambda reference=reference: reference(model=model, target_layers=[layer])(
+                input_tensor=x, targets=[ClassifierOutputTarget(int(target))]),
+            "bare": lambda: Gradient(model)(x, target=target),
+        }
+    score_layer = model.layer3[1]
+    with torch.no_grad():
+        maps = []
+        handle = score_layer.register_forward_hook(lambda m, i, o: maps.append(o))
+        model(x)
+        handle.remove()
+    upsampled = torch.nn.functional.interpolate(maps[0], size=x.shape[2:], mode="bilinear", align_corners=True)
+    masked = torch.cat([x, x * upsampled[0][:, None]])
+
+    def reference_score_cam():
+        cam = RefScoreCAM(model=model, target_layers=[score_layer])
+        cam.batch_size = batch
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(target))])
+
+    cases[f"ScoreCAM(layer3.1, {maps[0].shape[1]} maps)"] = {
+        "ours": lambda: ScoreCAM(model, layer="layer3.1", batch_size=batch)(x, target=target),
+        "reference": reference_score_cam,
+        "bare": bare_forwards(model, masked, batch),
+    }
+    return cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    cases = build_cases(args)
+    print(f"ResNet18, 1 image {args.size}x{args.size}, {args.batch_size} inputs per forward pass, "
+          f"{args.repeats} repeats, torch threads={torch.get_num_threads()}")
+    print(f"{'method':34s} {'ours s':>8s} {'ref s':>8s} {'bare s':>8s} {'ours/ref':>9s} {'ours/bare':>10s}"
+          f" {'cpu ours/ref':>13s} {'cpu ours/bare':>14s}")
+    for name, sides in cases.items():
+        times = {side: [] for side in sides}
+        for repeat in range(args.repeats):
+            order = list(sides) if repeat % 2 == 0 else list(reversed(sides))
+            for side in order:
+                times[side].append(timed(sides[side]))
+        wall = {side: statistics.median(t[0] for t in values) for side, values in times.items()}
+        cpu = {side: statistics.median(t[1] for t in values) for side, values in times.items()}
+        print(f"{name:34s} {wall['ours']:8.2f} {wall['reference']:8.2f} {wall['bare']:8.2f} "
+              f"{wall['ours'] / wall['reference']:9.2f} {wall['ours'] / wall['bare']:10.2f} "
+              f"{cpu['ours'] / cpu['reference']:13.2f} {cpu['ours'] / cpu['bare']:14.2f}")
+
+
+if __name__ == "__main__":
+    main()
