@@ -1,15 +1,20 @@
-"""Faithfulness of attributions on plain torch: pixel flipping, region perturbation, SRG, and Quantus's metrics."""
+"""Metrics of attributions on plain torch: faithfulness (pixel flipping, region perturbation, SRG), complexity
+(sparseness, entropy), and Quantus's metrics."""
 from evaluation.baselines import NAMED_BASELINES, make_baseline
+from evaluation.complexity import Complexity, MetricResult, Sparseness
 from evaluation.perturbation_curve import PerturbationResult
 from evaluation.perturbation_metric import PerturbationMetric
 from evaluation.pixel_flipping import PixelFlipping
+from evaluation.ranking import rank_methods
 from evaluation.quantus_adapter import KNOWN_BROKEN, QuantusMetric, QuantusMetricError, evaluate_quantus
 from evaluation.region_perturbation import RegionPerturbation
 from evaluation.scores import aopc, auc, symmetric_relevance_gain
 from evaluation.symmetric_relevance_gain import SymmetricRelevanceGain, SymmetricRelevanceResult
 
 __all__ = [
+    "Complexity",
     "KNOWN_BROKEN",
+    "MetricResult",
     "NAMED_BASELINES",
     "PerturbationMetric",
     "PerturbationResult",
@@ -17,11 +22,13 @@ __all__ = [
     "QuantusMetric",
     "QuantusMetricError",
     "RegionPerturbation",
+    "Sparseness",
     "SymmetricRelevanceGain",
     "SymmetricRelevanceResult",
     "aopc",
     "auc",
     "evaluate_quantus",
     "make_baseline",
+    "rank_methods",
     "symmetric_relevance_gain",
 ]

@@ -1,5 +1,6 @@
 """The headline faithfulness score: symmetric relevance gain, from a MoRF and a LeRF curve of the same metric."""
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -41,6 +42,7 @@ class SymmetricRelevanceGain:
     """
 
     metric: PerturbationMetric = field(default_factory=PixelFlipping)
+    higher_is_better: ClassVar[bool] = True
 
     def __post_init__(self):
         if not isinstance(self.metric, PerturbationMetric):
