@@ -1,7 +1,7 @@
 """Render docs/gallery.png: every method on the bundled model, for two classes of the same digit.
 
 Like ExplainableAI.jl's README table: rows are methods (Gradient, InputTimesGradient, SmoothGrad, Integrated
-Gradients, LRP with each preset composite), columns the explained class. Red = positive relevance for the class,
+Gradients, Occlusion, the four CAMs, LRP with each preset composite), columns the explained class. Red = positive relevance for the class,
 blue = negative, white = 0 (each heatmap scaled to its own largest magnitude).
 
 Usage: ``python scripts/make_gallery.py [--out docs/gallery.png] [--index 0] [--other-class 8]``
@@ -14,7 +14,10 @@ from tqdm import tqdm
 
 import xai.composites as xc
 from pipeline.bundled import digits_split, load_default_model
-from xai import LRP, Gradient, InputTimesGradient, IntegratedGradients, SmoothGrad, heatmap, heatmap_grid
+from xai import (
+    LRP, GradCAM, GradCAMPlusPlus, Gradient, InputTimesGradient, IntegratedGradients, LayerCAM, Occlusion, ScoreCAM,
+    SmoothGrad, heatmap, heatmap_grid,
+)
 from xai.heatmap import input_images
 
 
@@ -39,6 +42,11 @@ def main() -> None:
         "Input x\nGradient": InputTimesGradient(model),
         "SmoothGrad": SmoothGrad(model, seed=0),
         "Integrated\nGradients": IntegratedGradients(model),
+        "Occlusion\n(8/4)": Occlusion(model, window=8, stride=4),
+        "GradCAM": GradCAM(model),
+        "GradCAM++": GradCAMPlusPlus(model),
+        "LayerCAM": LayerCAM(model),
+        "ScoreCAM": ScoreCAM(model),
         "LRP\nEpsilonGammaBox": LRP(model, xc.EpsilonGammaBox(low=0.0, high=1.0)),  # digits lie in [0, 1]
         "LRP\nEpsilonPlus": LRP(model, xc.EpsilonPlus()),
         "LRP\nEpsilonPlusFlat": LRP(model, xc.EpsilonPlusFlat()),
