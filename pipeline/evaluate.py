@@ -1,4 +1,5 @@
-"""The evaluate stage: pixel flipping in MoRF and LeRF order -> per-sample curves, AUCs, AOPC and SRG."""
+"""The evaluate stage: pixel flipping in MoRF and LeRF order -> per-sample curves, AUCs, AOPC and SRG; and the
+attributions' complexity (sparseness, entropy)."""
 from dataclasses import dataclass, replace
 from math import prod
 
@@ -6,6 +7,16 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 METRICS = ("srg", "auc_morf", "auc_lerf", "aopc_morf")
+#: Logged as complexity/<name>: how concentrated each attribution is (no forward pass; evaluation.complexity).
+COMPLEXITY_METRICS = ("sparseness", "entropy")
+
+
+def complexity_scores(attribution: Tensor) -> dict[str, Tensor]:
+    """Per-sample Sparseness (Gini index, higher = sparser) and Complexity (entropy, lower = simpler)."""
+    from evaluation import Complexity, Sparseness
+
+    return {"sparseness": Sparseness()(None, attribution, attribution).scores,
+            "entropy": Complexity()(None, attribution, attribution).scores}
 
 
 @dataclass

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline.config import TargetChoice, config_hash, run_name, validate
 from pipeline.data import batch_plan, dataset_source, iterate_batches, load_dataset, plan_index, select_samples
-from pipeline.evaluate import METRICS, Faithfulness
+from pipeline.evaluate import COMPLEXITY_METRICS, METRICS, Faithfulness, complexity_scores
 from pipeline.explain import build_analyzer, build_composite, effective_composite
 from pipeline.identity import changes, code_version, input_identity
 from pipeline.input_range import check_input_range, input_bounds
@@ -104,6 +104,7 @@ def _explain_and_score_batch(model, batch, cfg, faithfulness, seed: int, device)
         "curve_morf": numpy(scores.curve_morf),
         "curve_lerf": numpy(scores.curve_lerf),
         **{m: numpy(getattr(scores, m)) for m in METRICS},
+        **{m: numpy(value) for m, value in complexity_scores(explanation.attribution).items()},
         "attribution": numpy(explanation.attribution).astype(np.float32),
         "explain_seconds": np.array([explained - start]),
         "evaluate_seconds": np.array([evaluated - explained]),
@@ -113,7 +114,8 @@ def _explain_and_score_batch(model, batch, cfg, faithfulness, seed: int, device)
 def _skipped_arrays(batch) -> dict[str, np.ndarray]:
     empty = np.zeros(0)
     return {
-        **{k: empty for k in ("sample_id", "label", "prediction", "target", "curve_morf", "curve_lerf", *METRICS)},
+        **{k: empty for k in ("sample_id", "label", "prediction", "target", "curve_morf", "curve_lerf", *METRICS,
+                              *COMPLEXITY_METRICS)},
         "attribution": empty,
         "explain_seconds": np.zeros(1),
         "evaluate_seconds": np.zeros(1),

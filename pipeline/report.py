@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.evaluate import METRICS
+from pipeline.evaluate import COMPLEXITY_METRICS, METRICS
 from pipeline.results import RunFolder, atomic_write, write_json
 
-PER_SAMPLE_COLUMNS = ("sample_id", "label", "prediction", "target", *METRICS)
+PER_SAMPLE_COLUMNS = ("sample_id", "label", "prediction", "target", *METRICS, *COMPLEXITY_METRICS)
 
 
 def summarize(folder: RunFolder, classes: list[str] | None = None, extra: dict[str, float] | None = None) -> dict[str, float]:
@@ -26,6 +26,7 @@ def summarize(folder: RunFolder, classes: list[str] | None = None, extra: dict[s
     atomic_write(out / "skipped.csv", lambda f: f.write(skipped.to_csv(index=False).encode()))
 
     metrics = {f"faithfulness/{m}": float(np.mean(arrays[m])) for m in METRICS}
+    metrics |= {f"complexity/{m}": float(np.mean(arrays[m])) for m in COMPLEXITY_METRICS}
     metrics |= {
         "model/accuracy": float(np.mean(arrays["prediction"] == arrays["label"])),
         "data/samples": float(len(table)),

@@ -272,3 +272,16 @@ def test_occlusion_and_cam_methods_run_in_the_pipeline_as_in_the_api(tmp_path, e
     expected = build(load_default_model())(x).attribution.numpy()
     np.testing.assert_allclose(folder.read_batches()["heatmap_attribution"], expected, rtol=0, atol=1e-6)
     assert folder.manifest["method"] == explainer.removesuffix("-none") and folder.manifest["composite"] == "none"
+
+
+def test_a_run_logs_the_complexity_of_its_attributions(tmp_path):
+    from evaluation import Complexity, Sparseness
+
+    folder = run_job(make_cfg(["method=gradient", "dataset.limit=3", "heatmaps=3", "tracking.publish=false",
+                               "evaluation.steps=4"]), tmp_path / "out")
+    attribution = torch.from_numpy(folder.read_batches()["heatmap_attribution"])
+    metrics = json.loads((folder.results / "metrics.json").read_text())
+    assert metrics["complexity/sparseness"] == pytest.approx(Sparseness()(None, attribution, attribution).scores.mean().item(), rel=1e-5)
+    assert metrics["complexity/entropy"] == pytest.approx(Complexity()(None, attribution, attribution).scores.mean().item(), rel=1e-5)
+    table = pd.read_csv(folder.results / "per_sample.csv")
+    assert {"sparseness", "entropy"} <= set(table.columns) and len(table) == 3
