@@ -187,7 +187,6 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
         if todo:
             model = load_model(cfg.model, device)
             explain_and_score(model, data, todo, cfg, folder, set(heatmap_ids))
-        _fail_if_nothing_scored(folder, cfg)
         wall = {"runtime/wall_seconds": perf_counter() - start}  # this attempt: loading, explaining, scoring
         metrics = summarize(folder, list(getattr(data, "classes", None) or []), extra=wall)
         log.info("wall time %.1f s; %s", perf_counter() - start, _headline(metrics))
@@ -204,16 +203,6 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
             log.info("MLflow run: %s", run_url(uri, run_id))
     log.info("results: %s", folder.path.resolve())
     return folder
-
-
-def _fail_if_nothing_scored(folder: RunFolder, cfg: DictConfig) -> None:
-    """Every selected image unreadable: a run with no samples is an error, not a complete run of nothing."""
-    arrays = folder.read_batches()
-    if len(arrays["sample_id"]):
-        return
-    skipped = len(arrays.get("skipped_ids", []))
-    raise ValueError(f"no readable images: all {skipped} selected image(s) of dataset.path={cfg.dataset.path} were "
-                     "skipped as unreadable (see the warnings above for each file and why); fix or replace them")
 
 
 #: Publishing attempts before giving up: parallel jobs on one SQLite store can hit "database is locked".

@@ -17,6 +17,10 @@ PER_SAMPLE_COLUMNS = ("sample_id", "label", "prediction", "target", *METRICS, *C
 def summarize(folder: RunFolder, classes: list[str] | None = None, extra: dict[str, float] | None = None) -> dict[str, float]:
     """Write ``results/`` from the batch files and return the run's metrics (fixed keys, plus ``extra``)."""
     arrays = folder.read_batches()
+    if not len(arrays["sample_id"]):  # every selected image unreadable: an error, not a complete run of nothing
+        raise ValueError(f"no readable images: all {len(arrays['skipped_ids'])} selected image(s) of dataset.path="
+                         f"{folder.manifest['dataset']['source']} were skipped as unreadable (see the warnings above "
+                         "for each file and why); fix or replace them")
     out = folder.results
     out.mkdir(parents=True, exist_ok=True)
 
