@@ -8,7 +8,6 @@ One publisher of a folder at a time: a lock in the folder (``.publish.lock``) co
 import logging
 import shlex
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -19,7 +18,7 @@ from PIL import Image
 from pipeline.locks import exclusive_lock, process_alive, this_process
 from pipeline.report import heatmap_key
 from pipeline.results import RunFolder, read_json, write_json
-from pipeline.store import bounded_requests, get_or_create_experiment, tracking_client
+from pipeline.store import bounded_requests, get_or_create_experiment, sqlite_path, tracking_client
 from pipeline.sweep import end_orphaned_sweeps, parent_run_of
 
 log = logging.getLogger(__name__)
@@ -32,8 +31,9 @@ PUBLISH_LOCK = ".publish.lock"
 
 def publish_command(folder: RunFolder, uri: str, experiment: str) -> str:
     """The one command that publishes ``folder`` later (paths made absolute, so it works from any directory)."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    store = sqlite_path(uri)
+    if store is not None and not store.is_absolute():
+        uri = f"sqlite:///{store.resolve()}"
     args = ["python", "-m", "pipeline.publish", str(folder.path.resolve()), "--tracking-uri", uri, "--experiment", experiment]
     return " ".join(shlex.quote(a) for a in args)
 
