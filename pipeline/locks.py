@@ -43,10 +43,15 @@ def this_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def on_this_host(owner: str) -> bool:
+    """Whether ``<host>:<pid>`` names a process of this host."""
+    return owner.rpartition(":")[0] == socket.gethostname()
+
+
 def process_alive(owner: str) -> bool:
     """Whether ``<host>:<pid>`` is a live process on this host (this one included; another host: unknown, False)."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    pid = owner.rpartition(":")[2]
+    if not on_this_host(owner) or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)

@@ -11,7 +11,6 @@ was killed is marked KILLED by the next sweep or publish in that experiment (``e
 """
 import atexit
 import logging
-import socket
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +18,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline.locks import process_alive, this_process
+from pipeline.locks import on_this_host, process_alive, this_process
 from pipeline.results import RunFolder, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -37,8 +36,7 @@ def end_orphaned_sweeps(client, experiment_id: str) -> list[str]:
     returns their run ids. Parents driven from another host are left alone: whether those live is unknown here."""
     running = client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = 'true' and attributes.status = 'RUNNING'")
     orphans = [r.info.run_id for r in running
-               if DRIVER_TAG in r.data.tags and r.data.tags[DRIVER_TAG].startswith(f"{socket.gethostname()}:")
-               and not process_alive(r.data.tags[DRIVER_TAG])]
+               if on_this_host(r.data.tags.get(DRIVER_TAG, "")) and not process_alive(r.data.tags[DRIVER_TAG])]
     for run_id in orphans:
         client.set_terminated(run_id, "KILLED")
         log.warning("sweep parent run %s was left RUNNING by a driver that is gone: marked KILLED", run_id)
