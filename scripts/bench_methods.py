@@ -23,7 +23,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchvision.models import resnet18
 
 from xai import GradCAM, GradCAMPlusPlus, Gradient, LayerCAM, Occlusion, ScoreCAM
-from xai.occlusion import window_masks
+from xai.occlusion import window_masks, window_starts
 
 
 def timed(run) -> tuple[float, float]:
@@ -47,7 +47,9 @@ def build_cases(args) -> dict[str, dict[str, callable]]:
     with torch.no_grad():
         target = model(x).argmax(dim=1)
     batch, window, stride = args.batch_size, args.size // 7, args.size // 14
-    masks = window_masks(args.size, args.size, window, stride, x)[:, None]
+    starts = window_starts(args.size, window, stride)
+    masks = window_masks(starts.repeat(len(starts)), starts.repeat_interleave(len(starts)), args.size, args.size,
+                         window, x)[:, None]
     covered = torch.cat([x, x * (1 - masks)])  # what Occlusion runs: the image, then every covered copy
 
     cases = {f"Occlusion({window}/{stride}, {len(masks)} windows)": {

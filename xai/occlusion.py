@@ -17,15 +17,18 @@ from xai.batched_gradients import check_batch_size
 from xai.validation import finite_number
 
 
-def window_masks(height: int, width: int, window: int, stride: int, like: Tensor) -> Tensor:
-    """(P, H, W) masks, 1 inside each window position, in Captum's order (rows vary fastest)."""
-    def starts(size: int) -> list[int]:
-        return [i * stride for i in range(math.ceil((size - window) / stride) + 1)]
+def window_starts(size: int, window: int, stride: int) -> Tensor:
+    """Where the windows start along one side: 0, s, 2s, ..., the last cropped at the border (Captum's positions)."""
+    return torch.arange(math.ceil((size - window) / stride) + 1) * stride
 
-    masks = torch.zeros((len(starts(height)) * len(starts(width)), height, width), dtype=like.dtype, device=like.device)
-    for p, (left, top) in enumerate((left, top) for left in starts(width) for top in starts(height)):
-        masks[p, top : top + window, left : left + window] = 1
-    return masks
+
+def window_masks(tops: Tensor, lefts: Tensor, height: int, width: int, window: int, like: Tensor) -> Tensor:
+    """(P, H, W) masks, 1 inside the windows at (tops[p], lefts[p]): built per chunk, never for all windows at once."""
+    rows = torch.arange(height, device=like.device)
+    cols = torch.arange(width, device=like.device)
+    inside_rows = (rows >= tops[:, None]) & (rows < tops[:, None] + window)
+    inside_cols = (cols >= lefts[:, None]) & (cols < lefts[:, None] + window)
+    return (inside_rows[:, :, None] & inside_cols[:, None, :]).to(like.dtype)
 
 
 class Occlusion(Analyzer):
@@ -53,17 +56,24 @@ class Occlusion(Analyzer):
                              f"{min(height, width)}")
         output, resolved = predict(self.model, x, target)
         unoccluded = output.gather(1, resolved[:, None])[:, 0]
-        masks = window_masks(height, width, self.window, self.stride, x)
+        tops = window_starts(height, self.window, self.stride).to(x.device)
+        lefts = window_starts(width, self.window, self.stride).to(x.device)
+        # windows in Captum's order (rows vary fastest); window p covers rows tops[p % T], columns lefts[p // T]
+        window_tops, window_lefts = tops.repeat(len(lefts)), lefts.repeat_interleave(len(tops))
         total = torch.zeros((n, height, width), dtype=x.dtype, device=x.device)
-        jobs = masks.shape[0] * n  # job j: window j // n on sample j % n
+        jobs = len(window_tops) * n  # job j: window j // n on sample j % n
         starts = range(0, jobs, self.batch_size)
         with torch.no_grad():
             for start in tqdm(starts, desc="Occlusion", leave=False, disable=None if len(starts) > 1 else True):
                 job = torch.arange(start, min(start + self.batch_size, jobs), device=x.device)
                 window, sample = job // n, job % n
-                covered = masks[window][:, None]
+                masks = window_masks(window_tops[window], window_lefts[window], height, width, self.window, x)
+                covered = masks[:, None]
                 inputs = x[sample] * (1 - covered) + self.baseline * covered
                 score = self.model(inputs).gather(1, resolved[sample][:, None])[:, 0]
-                total.index_add_(0, sample, (unoccluded[sample] - score)[:, None, None] * masks[window])
-        attribution = total / masks.sum(0)
+                total.index_add_(0, sample, (unoccluded[sample] - score)[:, None, None] * masks)
+        # windows form a grid, so the number covering a pixel is (windows over its row) x (windows over its column)
+        row_cover = window_masks(tops, torch.zeros_like(tops), height, 1, self.window, x).sum(0)[:, 0]
+        col_cover = window_masks(torch.zeros_like(lefts), lefts, 1, width, self.window, x).sum(0)[0]
+        attribution = total / (row_cover[:, None] * col_cover[None, :])
         return attribution[:, None].expand_as(x).contiguous(), output, resolved
