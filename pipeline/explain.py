@@ -66,8 +66,8 @@ def build_analyzer(model: nn.Module, method: DictConfig, composite: DictConfig, 
 
 
 def build_composite(composite: DictConfig):
-    """An ``xai.composites`` preset from its config (every key but ``name`` is a keyword argument)."""
-    import xai.composites
+    """An ``xai.lrp.composites`` preset from its config (every key but ``name`` is a keyword argument)."""
+    import xai.lrp.composites
 
     name = effective_composite(OmegaConf.create({"name": "lrp"}), composite)
     if name not in COMPOSITES:
@@ -76,4 +76,4 @@ def build_composite(composite: DictConfig):
     for bound in ("low", "high"):  # per-channel bounds (a list) become a (1, C, 1, 1) tensor
         if bound in kwargs:
             kwargs[bound] = composite_bound(kwargs[bound], f"composite.{bound}")
-    return getattr(xai.composites, COMPOSITES[name])(**kwargs)
+    return getattr(xai.lrp.composites, COMPOSITES[name])(**kwargs)

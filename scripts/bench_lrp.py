@@ -62,10 +62,10 @@ def make_runner(method: str, model: nn.Module, model_name: str):
         return lambda x: analyzer(x, target).attribution
     kind, name = method.split(":")
     if kind == "ours":
-        import xai.composites
+        import xai.lrp.composites
         from xai import LRP
 
-        analyzer = LRP(model, getattr(xai.composites, name)())
+        analyzer = LRP(model, getattr(xai.lrp.composites, name)())
         return lambda x: analyzer(x, target).attribution
     import zennit.composites
     from zennit.attribution import Gradient as ZennitGradient

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import xai.composites as xc
+import xai.lrp.composites as xc
 from pipeline.bundled import digits_split, load_default_model
 from xai import (
     LRP, GradCAM, GradCAMPlusPlus, Gradient, InputTimesGradient, IntegratedGradients, LayerCAM, Occlusion, ScoreCAM,

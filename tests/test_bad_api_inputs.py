@@ -8,7 +8,7 @@ from torch import nn
 
 from evaluation import PixelFlipping
 from xai import LRP, Gradient, InputTimesGradient, IntegratedGradients, SmoothGrad, UnsupportedModelError
-from xai.composites import EpsilonGammaBox
+from xai.lrp.composites import EpsilonGammaBox
 
 CALLERS = {
     "Gradient": lambda m, x: Gradient(m)(x),

@@ -22,7 +22,7 @@ from zennit.attribution import Gradient as ZennitGradient
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
-import xai.composites as xc
+import xai.lrp.composites as xc
 from xai import LRP
 from tests.conftest import randomise_batchnorm
 

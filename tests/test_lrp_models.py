@@ -7,11 +7,11 @@ import torchvision
 from captum.attr import InputXGradient
 from torch import nn
 
-import xai.composites as xc
+import xai.lrp.composites as xc
 from xai import LRP, UnsupportedModelError
-from xai.composites import ByName, ByType, Composite, FirstLayer, IndexRange
-from xai.model_check import trace
-from xai.rules import EpsilonRule, FlatRule, GammaRule, LinearRule, NormRule, PassRule, ZeroRule, ZPlusRule, stabilize
+from xai.lrp.composites import ByName, ByType, Composite, FirstLayer, IndexRange
+from xai.lrp.model_check import trace
+from xai.lrp.rules import EpsilonRule, FlatRule, GammaRule, LinearRule, NormRule, PassRule, ZeroRule, ZPlusRule, stabilize
 
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 

@@ -11,9 +11,9 @@ import zennit.rules as zr
 from torch import nn
 
 from xai import LRP
-from xai.canonize import AffineLayer
-from xai.composites import EpsilonGammaBox, EpsilonPlus
-from xai.rules import (
+from xai.lrp.canonize import AffineLayer
+from xai.lrp.composites import EpsilonGammaBox, EpsilonPlus
+from xai.lrp.rules import (
     AlphaBetaRule, EpsilonRule, FlatRule, GammaRule, LayerOutput, NormRule, PassRule, WSquareRule, ZBoxRule,
     ZeroRule, ZPlusRule,
 )

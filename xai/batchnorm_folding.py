@@ -10,7 +10,7 @@ from collections import Counter
 
 from torch import Tensor, fx, nn
 
-from xai.canonize import merge_batch_norm
+from xai.lrp.canonize import merge_batch_norm
 
 _FOLDABLE = {(nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d)}
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")

@@ -20,11 +20,11 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from xai.analyzer import Analyzer, check_output
-from xai.canonize import BATCH_NORM_TYPES, AffineLayer
-from xai.composites import Composite, default_composite
-from xai.model_check import ADVICE, Trace, check_modules, trace
+from xai.lrp.canonize import BATCH_NORM_TYPES, AffineLayer
+from xai.lrp.composites import Composite, default_composite
+from xai.lrp.model_check import ADVICE, Trace, check_modules, trace
 from xai.errors import UnsupportedModelError
-from xai.rules import LayerOutput, LinearRule, PassRule, Rule, signed_epsilon
+from xai.lrp.rules import LayerOutput, LinearRule, PassRule, Rule, signed_epsilon
 from xai.targets import Target, one_hot_at, resolve_target
 from xai.validation import module_at
 

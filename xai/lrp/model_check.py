@@ -13,10 +13,10 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from xai.canonize import BATCH_NORM_TYPES, CONV_TYPES, LINEAR_TYPES, conv_padding
-from xai.composites import leaves
+from xai.lrp.canonize import BATCH_NORM_TYPES, CONV_TYPES, LINEAR_TYPES, conv_padding
+from xai.lrp.composites import leaves
 from xai.errors import UnsupportedModelError
-from xai.rules import Rule
+from xai.lrp.rules import Rule
 from xai.softmax import SOFTMAX_TYPES
 from xai.validation import forward
 
