@@ -1,7 +1,9 @@
 """Metrics of attributions on plain torch: faithfulness (pixel flipping, region perturbation, SRG), complexity
-(sparseness, entropy), and Quantus's metrics."""
+(sparseness, entropy), localisation (pointing game, relevance mass/rank), and Quantus's metrics."""
 from evaluation.baselines import NAMED_BASELINES, make_baseline
 from evaluation.complexity import Complexity, MetricResult, Sparseness
+from evaluation.localisation import (AttributionLocalisation, PointingGame, RelevanceMassAccuracy,
+                                     RelevanceRankAccuracy)
 from evaluation.perturbation_curve import PerturbationResult
 from evaluation.perturbation_metric import PerturbationMetric
 from evaluation.pixel_flipping import PixelFlipping
@@ -12,6 +14,7 @@ from evaluation.scores import aopc, auc, symmetric_relevance_gain
 from evaluation.symmetric_relevance_gain import SymmetricRelevanceGain, SymmetricRelevanceResult
 
 __all__ = [
+    "AttributionLocalisation",
     "Complexity",
     "KNOWN_BROKEN",
     "MetricResult",
@@ -19,9 +22,12 @@ __all__ = [
     "PerturbationMetric",
     "PerturbationResult",
     "PixelFlipping",
+    "PointingGame",
     "QuantusMetric",
     "QuantusMetricError",
     "RegionPerturbation",
+    "RelevanceMassAccuracy",
+    "RelevanceRankAccuracy",
     "Sparseness",
     "SymmetricRelevanceGain",
     "SymmetricRelevanceResult",

@@ -26,6 +26,8 @@ KNOWN_BROKEN = {
     "features, so the input never changes and the result is always True",
     "IROF": "it fails on multi-channel images (its (N,1,H,W) mask is asserted against the (N,C,H,W) input) and its "
     "AUC calls np.trapz, which NumPy 2.4 removed",
+    "PointingGame": "it writes NaN (empty mask) and the weights (weighted=True) into a bool array, which stores True: "
+    "an empty mask counts as a hit and weighted scores stay 0 or 1; use evaluation.PointingGame",
     "ROAD": "it raises IndexError on RGB inputs with one-channel attributions, only the first batch enters its "
     "result when N > batch_size, and it returns one dataset-level accuracy per percentage, not per-sample scores",
     "SensitivityN": "only the first batch enters its result, and it correlates across samples (one value per "
