@@ -1,4 +1,6 @@
-"""The bundled default: scikit-learn's handwritten digits (shipped with scikit-learn) and a small VGG-style CNN.
+"""The bundled default: scikit-learn's handwritten digits (shipped with scikit-learn) and a small VGG-style CNN; and
+a localisation set made from them (each digit at a random place on a larger canvas among distractor strokes, with
+the digit's pixels as ground-truth mask) with a CNN trained on it.
 
 Nothing is downloaded: the images come from the scikit-learn package, the trained weights from this folder.
 """
@@ -10,39 +12,57 @@ from torch import Tensor, nn
 
 WEIGHTS = Path(__file__).with_name("digits_cnn.pt")
 IMAGE_SIZE = 32
+LOCALISATION_WEIGHTS = Path(__file__).with_name("digits_localisation_cnn.pt")
+CANVAS_SIZE = 64
 CLASSES = tuple(str(d) for d in range(10))
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
 
-class DigitsCNN(nn.Sequential):
-    """VGG-style: two Conv-BN-ReLU pairs per stage, MaxPool, then a dense head.
+def vgg_stage(cin: int, cout: int) -> list[nn.Module]:
+    """Two Conv-BN-ReLU pairs and a MaxPool. BatchNorm is there on purpose: LRP must merge it into the conv before."""
+    return [
+        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+        nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+        nn.MaxPool2d(2),
+    ]
 
-    BatchNorm is there on purpose: LRP must merge it into the convolution before it.
-    """
+
+class DigitsCNN(nn.Sequential):
+    """VGG-style: two stages, then a dense head on the 8x8 feature maps."""
 
     def __init__(self, classes: int = 10):
-        def stage(cin: int, cout: int) -> list[nn.Module]:
-            return [
-                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                nn.MaxPool2d(2),
-            ]
-
         super().__init__(
-            nn.Sequential(*stage(1, 16), *stage(16, 32)),
-            nn.Sequential(
-                nn.Flatten(), nn.Linear(32 * 8 * 8, 64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, classes)
-            ),
+            nn.Sequential(*vgg_stage(1, 16), *vgg_stage(16, 32)),
+            nn.Sequential(nn.Flatten(), nn.Linear(32 * 8 * 8, 64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, classes)),
         )
 
 
-def load_default_model(device: str | torch.device = "cpu") -> DigitsCNN:
-    """The trained bundled model, in eval mode (weights loaded with ``weights_only=True``)."""
-    if not WEIGHTS.exists():
-        raise FileNotFoundError(f"{WEIGHTS} is missing: run `python scripts/train_default_model.py` to create it")
-    model = DigitsCNN()
-    model.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
+class CanvasDigitsCNN(nn.Sequential):
+    """For digits anywhere on a canvas: three stages and a global average pool, so the head does not depend on
+    where the digit is."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__(
+            nn.Sequential(*vgg_stage(1, 16), *vgg_stage(16, 32), *vgg_stage(32, 64)),
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.3),
+                          nn.Linear(64, classes)),
+        )
+
+
+#: model.arch of ``model.kind=bundled`` -> (architecture, weights file)
+BUNDLED_MODELS = {"digits_cnn": (DigitsCNN, WEIGHTS), "digits_localisation_cnn": (CanvasDigitsCNN, LOCALISATION_WEIGHTS)}
+
+
+def load_default_model(device: str | torch.device = "cpu", name: str = "digits_cnn") -> nn.Module:
+    """A trained bundled model (``BUNDLED_MODELS``), in eval mode (weights loaded with ``weights_only=True``)."""
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"model.arch={name} is not a bundled model; bundled: {', '.join(BUNDLED_MODELS)}")
+    architecture, weights = BUNDLED_MODELS[name]
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights} is missing: run `python scripts/train_default_model.py --model {name}`")
+    model = architecture()
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.to(device).eval()
 
 
@@ -69,3 +89,29 @@ def digits_split(split: str) -> tuple[Tensor, Tensor]:
     )
     chosen = torch.as_tensor(train_idx if split == "train" else test_idx)
     return images[chosen], labels[chosen]
+
+
+def digits_localisation_split(split: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The digits of ``digits_split(split)``, each pasted at a seeded random place on a CANVAS_SIZE canvas with three
+    distractor strokes (short bright bars, kept off the digit's square): (N, 1, 64, 64) images in [0, 1], labels,
+    and (N, 64, 64) bool masks of the digit's pixels (value > 0.25)."""
+    digits, labels = digits_split(split)
+    generator = torch.Generator().manual_seed({"train": 1, "test": 2}[split])
+    n, free = len(labels), CANVAS_SIZE - IMAGE_SIZE
+    canvas = torch.zeros(n, 1, CANVAS_SIZE, CANVAS_SIZE)
+    masks = torch.zeros(n, CANVAS_SIZE, CANVAS_SIZE, dtype=torch.bool)
+    corners = torch.randint(0, free + 1, (n, 2), generator=generator)
+    for i, (top, left) in enumerate(corners.tolist()):
+        canvas[i, 0, top : top + IMAGE_SIZE, left : left + IMAGE_SIZE] = digits[i, 0]
+        masks[i, top : top + IMAGE_SIZE, left : left + IMAGE_SIZE] = digits[i, 0] > 0.25
+        drawn = 0
+        while drawn < 3:  # a bar of 2 x 6..14 pixels, horizontal or vertical, outside the digit's square
+            length = int(torch.randint(6, 15, (1,), generator=generator))
+            long_side, short_side = (length, 2) if torch.rand(1, generator=generator) < 0.5 else (2, length)
+            y = int(torch.randint(0, CANVAS_SIZE - long_side + 1, (1,), generator=generator))
+            x = int(torch.randint(0, CANVAS_SIZE - short_side + 1, (1,), generator=generator))
+            overlaps = y < top + IMAGE_SIZE and top < y + long_side and x < left + IMAGE_SIZE and left < x + short_side
+            if not overlaps:
+                canvas[i, 0, y : y + long_side, x : x + short_side] = 0.5 + 0.5 * torch.rand(1, generator=generator)
+                drawn += 1
+    return canvas, labels, masks

@@ -24,6 +24,7 @@ SHARDING_KEYS = ("num_shards", "shard")
 
 class DatasetKind(Enum):
     digits = "digits"
+    digits_localisation = "digits_localisation"
     image_folder = "image_folder"
     cifar10 = "cifar10"
 
@@ -117,7 +118,7 @@ class BoxCompositeConf:
 class ModelConf:
     name: str = MISSING
     kind: ModelKind = MISSING
-    arch: Optional[str] = None  # torchvision model name, e.g. resnet18
+    arch: Optional[str] = None  # torchvision model name, e.g. resnet18; bundled: digits_cnn (null) or digits_localisation_cnn
     weights: Optional[str] = None  # torchvision weights name, used only when torch's cache has the file
     checkpoint: Optional[str] = MISSING  # local state_dict (weights_only=True); each option sets it
     num_classes: Optional[int] = None
@@ -151,6 +152,10 @@ class EvaluationConf:
     unit: str = "pixel"
     softmax: bool = True
     batch_size: Optional[int] = None  # perturbed inputs per forward pass (None: 512, fewer for large images)
+    # scored besides pixel flipping (srg) and complexity (sparseness, entropy), which every run scores; names in
+    # pipeline.metrics.SPECS, e.g. [srg, road, max_sensitivity, pointing_game]
+    metrics: list[str] = field(default_factory=lambda: ["srg"])
+    params: dict[str, Any] = field(default_factory=dict)  # per metric: constructor arguments, e.g. road: {noise: 0.05}
 
 
 @dataclass

@@ -24,20 +24,26 @@ class Batch:
     labels: Tensor
     skipped: list[Unreadable] = field(default_factory=list)
     skipped_ids: list[int] = field(default_factory=list)
+    masks: Optional[Tensor] = None  # (n, H, W) bool ground truth (True = object), for datasets that have masks
 
 
 class TensorImages(Dataset):
-    """Images already in memory (the bundled digits)."""
+    """Images already in memory (the bundled digits), with ground-truth masks when given (then items are
+    (image, label, mask))."""
 
-    def __init__(self, images: Tensor, labels: Tensor, classes: tuple[str, ...], transform: Optional[Callable]):
+    def __init__(self, images: Tensor, labels: Tensor, classes: tuple[str, ...], transform: Optional[Callable],
+                 masks: Optional[Tensor] = None):
         self.images, self.labels, self.classes, self.transform = images, labels, classes, transform
+        self.masks = masks
+        self.has_masks = masks is not None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int):
         image = self.images[index]
-        return (self.transform(image) if self.transform else image), int(self.labels[index])
+        item = (self.transform(image) if self.transform else image), int(self.labels[index])
+        return (*item, self.masks[index]) if self.has_masks else item
 
 
 def build_transform(specs: list[Any]) -> Optional[Callable]:
@@ -57,6 +63,14 @@ def load_dataset(cfg: DictConfig) -> Dataset:
 
         images, labels = digits_split(cfg.split)
         return TensorImages(images, labels, CLASSES, transform)
+    if cfg.kind == DatasetKind.digits_localisation:
+        from pipeline.bundled import CLASSES, digits_localisation_split
+
+        if transform is not None:
+            raise ValueError("dataset=digits_localisation takes no dataset.transforms: they would move the images "
+                             "away from their masks")
+        images, labels, masks = digits_localisation_split(cfg.split)
+        return TensorImages(images, labels, CLASSES, None, masks=masks)
     path = Path(cfg.path).expanduser()
     if cfg.kind == DatasetKind.image_folder:
         if not path.is_dir():
@@ -82,7 +96,7 @@ def load_dataset(cfg: DictConfig) -> Dataset:
 
 def dataset_source(cfg: DictConfig) -> str:
     """Where the images come from, for the run's dataset record."""
-    if cfg.kind == DatasetKind.digits:
+    if cfg.kind in (DatasetKind.digits, DatasetKind.digits_localisation):
         import sklearn.datasets
 
         return str(Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz")
@@ -125,15 +139,20 @@ def batch_plan(ids: list[int], batch_size: int) -> list[list[int]]:
     return [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
 
 
-def _collate(items: list[tuple[int, tuple[Any, int]]]) -> Batch:
-    loaded = [(i, x, y) for i, (x, y) in items if not isinstance(x, Unreadable)]
-    broken = [(i, x) for i, (x, _) in items if isinstance(x, Unreadable)]
+def _collate(items: list[tuple[int, tuple[Any, ...]]]) -> Batch:
+    """Items are (image, label) or, from datasets with masks, (image, label, mask)."""
+    loaded = [(i, item) for i, item in items if not isinstance(item[0], Unreadable)]
+    broken = [(i, item[0]) for i, item in items if isinstance(item[0], Unreadable)]
+    masks = None
     if loaded:
-        ids, xs, ys = zip(*loaded)
-        ids, x, labels = torch.tensor(ids), _stack_images(xs), torch.tensor(ys)
+        ids = torch.tensor([i for i, _ in loaded])
+        x = _stack_images(tuple(item[0] for _, item in loaded))
+        labels = torch.tensor([item[1] for _, item in loaded])
+        if len(loaded[0][1]) > 2:
+            masks = torch.stack([torch.as_tensor(item[2]).bool() for _, item in loaded])
     else:
         ids, x, labels = torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long)
-    return Batch(ids, x, labels, skipped=[b for _, b in broken], skipped_ids=[i for i, _ in broken])
+    return Batch(ids, x, labels, skipped=[b for _, b in broken], skipped_ids=[i for i, _ in broken], masks=masks)
 
 
 def _stack_images(xs: tuple[Any, ...]) -> Tensor:

@@ -79,7 +79,12 @@ def checkpoint_sha256(model: DictConfig) -> str:
         return "none"
     if model.checkpoint:
         return file_sha256(model.checkpoint)
-    return file_sha256(BUNDLED_CHECKPOINT) if model.kind == ModelKind.bundled else "none"  # torchvision weights: by name
+    if model.kind != ModelKind.bundled:
+        return "none"  # torchvision weights: by name
+    from pipeline.bundled import BUNDLED_MODELS
+
+    bundled = BUNDLED_MODELS.get(model.arch or "digits_cnn")
+    return file_sha256(bundled[1]) if bundled else "missing"
 
 
 def data_digest(dataset: DictConfig) -> str:

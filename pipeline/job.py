@@ -24,6 +24,7 @@ from pipeline.config import TargetChoice, config_hash, run_name, validate
 from pipeline.data import batch_plan, dataset_source, iterate_batches, load_dataset, plan_index, select_samples
 from pipeline.evaluate import COMPLEXITY_METRICS, METRICS, Faithfulness, complexity_scores
 from pipeline.explain import build_analyzer, build_composite, effective_composite
+from pipeline.metrics import MetricSuite
 from pipeline.identity import changes, code_version, input_identity
 from pipeline.input_range import check_input_range, input_bounds
 from pipeline.models import load_model, resolve_device
@@ -47,6 +48,7 @@ def explain_and_score(
     cfg: DictConfig,
     folder: RunFolder,
     heatmap_ids: set[int],
+    suite: MetricSuite,
 ) -> None:
     """Explain and score the samples of each batch (index -> sample ids) and write one result file per batch."""
     device = model_device(model)
@@ -64,10 +66,10 @@ def explain_and_score(
             first_batch = False
         for path, sample_id in zip(batch.skipped, batch.skipped_ids):
             log.warning("skipped unreadable image %s (sample %d): %s", path.path, sample_id, path.reason)
-        arrays = _skipped_arrays(batch)
+        arrays = _skipped_arrays(batch, suite.names)
         if len(batch.ids):
             seed = cfg.seed + plan_index(index, cfg.dataset.num_shards, cfg.dataset.shard)  # shard-independent
-            arrays |= _explain_and_score_batch(model, batch, cfg, faithfulness, seed=seed, device=device)
+            arrays |= _explain_and_score_batch(model, batch, cfg, faithfulness, suite, seed=seed, device=device)
         keep = np.isin(batch.ids.numpy(), sorted(heatmap_ids))
         arrays["heatmap_ids"] = batch.ids.numpy()[keep]
         arrays["heatmap_attribution"] = arrays.pop("attribution")[keep]
@@ -87,13 +89,16 @@ def check_data_fits_model(model: nn.Module, x: torch.Tensor, cfg: DictConfig) ->
                           "num_output_channels: <the model's channels>}) or the model") from error
 
 
-def _explain_and_score_batch(model, batch, cfg, faithfulness, seed: int, device) -> dict[str, np.ndarray]:
+def _explain_and_score_batch(model, batch, cfg, faithfulness, suite, seed: int, device) -> dict[str, np.ndarray]:
     x = batch.x.to(device)
     target = batch.labels.to(device) if cfg.target == TargetChoice.label else None
+    analyzer = lambda m: build_analyzer(m, cfg.method, cfg.composite, seed=seed)  # noqa: E731
     start = perf_counter()
-    explanation = build_analyzer(model, cfg.method, cfg.composite, seed=seed)(x, target)
+    explanation = analyzer(model)(x, target)
     explained = perf_counter()
     scores = faithfulness(model, x, explanation.attribution, explanation.target, seed=seed)
+    mask = batch.masks.to(device) if batch.masks is not None else None
+    more = suite(model, x, explanation.attribution, explanation.target, seed=seed, analyzer=analyzer, mask=mask)
     evaluated = perf_counter()
     numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731
     return {
@@ -105,17 +110,18 @@ def _explain_and_score_batch(model, batch, cfg, faithfulness, seed: int, device)
         "curve_lerf": numpy(scores.curve_lerf),
         **{m: numpy(getattr(scores, m)) for m in METRICS},
         **{m: numpy(value) for m, value in complexity_scores(explanation.attribution).items()},
+        **{m: numpy(value) for m, value in more.items()},
         "attribution": numpy(explanation.attribution).astype(np.float32),
         "explain_seconds": np.array([explained - start]),
         "evaluate_seconds": np.array([evaluated - explained]),
     }
 
 
-def _skipped_arrays(batch) -> dict[str, np.ndarray]:
+def _skipped_arrays(batch, metrics: list[str]) -> dict[str, np.ndarray]:
     empty = np.zeros(0)
     return {
         **{k: empty for k in ("sample_id", "label", "prediction", "target", "curve_morf", "curve_lerf", *METRICS,
-                              *COMPLEXITY_METRICS)},
+                              *COMPLEXITY_METRICS, *metrics)},
         "attribution": empty,
         "explain_seconds": np.zeros(1),
         "evaluate_seconds": np.zeros(1),
@@ -166,6 +172,7 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
     torch.manual_seed(cfg.seed)
 
     data = load_dataset(cfg.dataset)
+    suite = MetricSuite(cfg.evaluation, has_masks=getattr(data, "has_masks", False))  # bad metrics fail here
     ids = select_samples(len(data), cfg.dataset.limit, cfg.dataset.num_shards, cfg.dataset.shard, cfg.batch_size)
     first = select_samples(len(data), cfg.dataset.limit)[: cfg.heatmaps]  # the same heatmap samples in every shard
     heatmap_ids = [i for i in first if i in set(ids)]
@@ -186,7 +193,7 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
             log.info("resuming %s: %d of %d batches done", folder.path, len(finished), len(batches))
         if todo:
             model = load_model(cfg.model, device)
-            explain_and_score(model, data, todo, cfg, folder, set(heatmap_ids))
+            explain_and_score(model, data, todo, cfg, folder, set(heatmap_ids), suite)
         wall = {"runtime/wall_seconds": perf_counter() - start}  # this attempt: loading, explaining, scoring
         metrics = summarize(folder, list(getattr(data, "classes", None) or []), extra=wall)
         log.info("wall time %.1f s; %s", perf_counter() - start, _headline(metrics))

@@ -39,7 +39,7 @@ def load_model(cfg: DictConfig, device: torch.device) -> nn.Module:
     if cfg.kind == ModelKind.bundled:
         from pipeline.bundled import load_default_model
 
-        model = load_default_model()
+        model = load_default_model(name=cfg.arch or "digits_cnn")
     elif cfg.kind == ModelKind.torchvision:
         model = _torchvision_model(cfg)
     elif cfg.kind == ModelKind.custom:

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from pipeline.evaluate import COMPLEXITY_METRICS, METRICS
+from pipeline.metrics import ALWAYS, SPECS, metric_key
 from pipeline.results import RunFolder, atomic_write, write_json
 
 PER_SAMPLE_COLUMNS = ("sample_id", "label", "prediction", "target", *METRICS, *COMPLEXITY_METRICS)
@@ -24,13 +25,15 @@ def summarize(folder: RunFolder, classes: list[str] | None = None, extra: dict[s
     out = folder.results
     out.mkdir(parents=True, exist_ok=True)
 
-    table = pd.DataFrame({c: arrays[c] for c in PER_SAMPLE_COLUMNS})
+    extra_metrics = [n for n in SPECS if n not in ALWAYS and n in arrays]  # evaluation.metrics of the run
+    table = pd.DataFrame({c: arrays[c] for c in (*PER_SAMPLE_COLUMNS, *extra_metrics)})
     atomic_write(out / "per_sample.csv", lambda f: f.write(table.to_csv(index=False).encode()))
     skipped = pd.DataFrame({"sample_id": arrays["skipped_ids"], "path": arrays["skipped_paths"]})
     atomic_write(out / "skipped.csv", lambda f: f.write(skipped.to_csv(index=False).encode()))
 
     metrics = {f"faithfulness/{m}": float(np.mean(arrays[m])) for m in METRICS}
     metrics |= {f"complexity/{m}": float(np.mean(arrays[m])) for m in COMPLEXITY_METRICS}
+    metrics |= {metric_key(m): _mean_of_defined(arrays[m]) for m in extra_metrics}
     metrics |= {
         "model/accuracy": float(np.mean(arrays["prediction"] == arrays["label"])),
         "data/samples": float(len(table)),
@@ -57,6 +60,12 @@ def summarize(folder: RunFolder, classes: list[str] | None = None, extra: dict[s
         atomic_write(out / "gallery.png", lambda f: gallery.save(f, format="PNG"))
     _save_curves(out / "curves.png", curves)
     return metrics
+
+
+def _mean_of_defined(scores: np.ndarray) -> float:
+    """The mean over samples with a score (NaN: undefined for that sample, e.g. an empty ground-truth mask)."""
+    defined = scores[~np.isnan(scores)]
+    return float(defined.mean()) if defined.size else float("nan")
 
 
 def heatmap_key(sample_id: int) -> str:

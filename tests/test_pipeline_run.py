@@ -285,3 +285,37 @@ def test_a_run_logs_the_complexity_of_its_attributions(tmp_path):
     assert metrics["complexity/entropy"] == pytest.approx(Complexity()(None, attribution, attribution).scores.mean().item(), rel=1e-5)
     table = pd.read_csv(folder.results / "per_sample.csv")
     assert {"sparseness", "entropy"} <= set(table.columns) and len(table) == 3
+
+
+def test_localisation_metrics_on_the_bundled_canvas_digits_equal_the_api(tmp_path):
+    from evaluation import PointingGame, RelevanceMassAccuracy
+
+    from pipeline.bundled import digits_localisation_split
+
+    folder = run_job(make_cfg(["experiment=localisation", "method=gradient", "dataset.limit=4", "heatmaps=4",
+                               "tracking.publish=false", "evaluation.steps=4"]), tmp_path / "out")
+    x, _, mask = digits_localisation_split("test")
+    attribution = torch.from_numpy(folder.read_batches()["heatmap_attribution"])
+    table = pd.read_csv(folder.results / "per_sample.csv")
+    metrics = json.loads((folder.results / "metrics.json").read_text())
+    for name, metric in (("pointing_game", PointingGame()), ("relevance_mass_accuracy", RelevanceMassAccuracy())):
+        expected = metric(None, x[:4], attribution, None, mask=mask[:4]).scores.numpy()
+        np.testing.assert_allclose(table[name].to_numpy(), expected, rtol=1e-6)
+        assert metrics[f"localisation/{name}"] == pytest.approx(expected.mean(), rel=1e-6)
+    assert metrics["model/accuracy"] >= 0.75  # the bundled canvas model classifies (95 % on the 360 test digits)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["evaluation.metrics=[srg,bogus]"], "evaluation.metrics has unknown metric(s) bogus; available: srg"),
+    (["evaluation.metrics=[pointing_game]"], "need ground-truth masks, which this dataset does not have"),
+    (["+evaluation.params.sparseness.x=1"], "parameters for sparseness: only metrics listed in evaluation.metrics"),
+    (["+evaluation.params.pointing_game.x=1"], "parameters for pointing_game: only metrics listed"),
+    (["experiment=localisation", "+evaluation.params.pointing_game.x=1"], "evaluation.params.pointing_game: .*; "
+     "PointingGame takes no parameters"),
+])
+def test_bad_metric_settings_fail_before_any_work(tmp_path, overrides, words):
+    import re
+
+    with pytest.raises(ValueError, match=words if ".*" in words else re.escape(words)):
+        run_job(make_cfg(["method=gradient", "dataset.limit=2", "tracking.publish=false", *overrides]), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
