@@ -132,6 +132,7 @@ class DatasetConf:
     kind: DatasetKind = MISSING
     path: Optional[str] = MISSING  # each option sets it (null for the bundled digits)
     split: str = "test"
+    mask_path: Optional[str] = None  # image_folder: ground-truth masks <mask_path>/<class>/<stem>.png (localisation)
     limit: Optional[int] = None  # explain and score only the first N samples
     num_shards: int = 1  # sharding: the i-th of K disjoint parts (see pipeline.data.select_samples)
     shard: int = 0

@@ -14,7 +14,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import DatasetKind, OnCorrupt
-from pipeline.images import CheckedImageFolder, Unreadable
+from pipeline.images import CheckedImageFolder, MaskedImageFolder, Unreadable
+
+#: With ground-truth masks, a transform is applied to the mask too when it moves pixels (Resize with nearest
+#: interpolation, so a mask stays a mask) and skipped when it changes values only.
+MOVES_PIXELS = ("Resize", "CenterCrop", "Pad")
+CHANGES_VALUES_ONLY = ("ToTensor", "PILToTensor", "ConvertImageDtype", "Normalize", "Grayscale")
 
 
 @dataclass
@@ -55,6 +60,24 @@ def build_transform(specs: list[Any]) -> Optional[Callable]:
     return Compose([instantiate(spec) for spec in specs])
 
 
+def build_mask_transform(specs: list[Any]) -> Optional[Callable]:
+    """The configured transforms that move pixels, for the masks (see MOVES_PIXELS), or an error naming the one
+    whose effect on a mask is unknown (a random crop or flip would move image and mask apart)."""
+    from torchvision.transforms import Compose, InterpolationMode
+
+    kept = []
+    for spec in specs:
+        kind = str(spec.get("_target_", "")).rsplit(".", 1)[-1]
+        if kind in MOVES_PIXELS:
+            extra = {"interpolation": InterpolationMode.NEAREST} if kind == "Resize" else {}
+            kept.append(instantiate(spec, **extra))
+        elif kind not in CHANGES_VALUES_ONLY:
+            raise ValueError(f"dataset.transforms has {spec.get('_target_')}, which dataset.mask_path cannot apply to "
+                             f"the masks: with masks use only {', '.join(MOVES_PIXELS)} (applied to both) and "
+                             f"{', '.join(CHANGES_VALUES_ONLY)} (images only)")
+    return Compose(kept) if kept else None
+
+
 def load_dataset(cfg: DictConfig) -> Dataset:
     """The whole configured dataset (selection happens in ``select_samples``); nothing is downloaded."""
     transform = build_transform(list(cfg.transforms))
@@ -75,6 +98,13 @@ def load_dataset(cfg: DictConfig) -> Dataset:
     if cfg.kind == DatasetKind.image_folder:
         if not path.is_dir():
             raise FileNotFoundError(f"dataset.path={cfg.path} is not a folder: give a folder of <class>/<image> files")
+        if cfg.mask_path:
+            masks = Path(cfg.mask_path).expanduser()
+            if not masks.is_dir():
+                raise FileNotFoundError(f"dataset.mask_path={cfg.mask_path} is not a folder: give a folder of "
+                                        "<class>/<stem>.png masks mirroring dataset.path")
+            return MaskedImageFolder(str(path), str(masks), transform, build_mask_transform(list(cfg.transforms)),
+                                     cfg.max_pixels)
         return CheckedImageFolder(str(path), transform, cfg.max_pixels)
     if cfg.kind == DatasetKind.cifar10:
         from torchvision.datasets import CIFAR10

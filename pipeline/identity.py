@@ -95,7 +95,13 @@ def data_digest(dataset: DictConfig) -> str:
             return f"scikit-learn {metadata.version('scikit-learn')}"
         except metadata.PackageNotFoundError:
             return "unknown"
-    root = Path(str(dataset.path)).expanduser()
+    digest = _folder_digest(Path(str(dataset.path)).expanduser())
+    mask_path = dataset.get("mask_path")
+    return f"{digest}+masks {_folder_digest(Path(str(mask_path)).expanduser())}" if mask_path else digest
+
+
+def _folder_digest(root: Path) -> str:
+    """Names, sizes and mtimes of the files below ``root`` (symlinked folders not followed), or ``missing``."""
     if not root.exists():
         return "missing"
     entries: list[Any] = []

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -113,3 +114,45 @@ class CheckedImageFolder(Dataset):
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # PIL's ways to fail
             return Unreadable(path, f"{type(error).__name__}: {error}"), label
         return (self.transform(image) if self.transform else image), label
+
+
+class MaskedImageFolder(CheckedImageFolder):
+    """A ``CheckedImageFolder`` with a ground-truth mask per image: ``<mask_root>/<class>/<same path>/<stem>.png``
+    (any image extension; a pixel is on the object where the mask's grey value is above 127). Items are (image,
+    label, mask (H, W) bool); ``mask_transform`` moves the mask as the image transforms move the image."""
+
+    has_masks = True
+
+    def __init__(self, root: str, mask_root: str, transform: Optional[Callable], mask_transform: Optional[Callable],
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        super().__init__(root, transform, max_pixels)
+        self.mask_transform = mask_transform
+        self.mask_paths = [_mask_path(root, mask_root, path) for path, _ in self.samples]
+        missing = [path for path, mask in zip((p for p, _ in self.samples), self.mask_paths) if mask is None]
+        if missing:
+            raise FileNotFoundError(f"dataset.mask_path={mask_root} has no mask for {len(missing)} of "
+                                    f"{len(self.samples)} images, e.g. {missing[0]}: give each image a mask file of "
+                                    f"the same relative path and stem (e.g. <class>/<stem>.png)")
+
+    def __getitem__(self, index: int):
+        image, label = super().__getitem__(index)
+        if isinstance(image, Unreadable):
+            return image, label, None
+        try:
+            with open(self.mask_paths[index], "rb") as file:
+                mask = Image.open(file).convert("L")
+        except (OSError, ValueError, SyntaxError) as error:
+            return Unreadable(self.mask_paths[index], f"mask: {type(error).__name__}: {error}"), label, None
+        if self.mask_transform:
+            mask = self.mask_transform(mask)
+        return image, label, torch.from_numpy(np.asarray(mask) > 127)
+
+
+def _mask_path(root: str, mask_root: str, image_path: str) -> Optional[str]:
+    """The mask file of an image: the same path below ``mask_root`` with any image extension, or None."""
+    relative = os.path.splitext(os.path.relpath(image_path, root))[0]
+    for extension in (".png", ".PNG", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"):
+        candidate = os.path.join(mask_root, relative + extension)
+        if os.path.isfile(candidate):
+            return candidate
+    return None

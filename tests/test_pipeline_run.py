@@ -319,3 +319,35 @@ def test_bad_metric_settings_fail_before_any_work(tmp_path, overrides, words):
     with pytest.raises(ValueError, match=words if ".*" in words else re.escape(words)):
         run_job(make_cfg(["method=gradient", "dataset.limit=2", "tracking.publish=false", *overrides]), tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_image_folder_with_masks_scores_localisation_with_masks_moved_like_the_images(tmp_path):
+    from evaluation import RelevanceMassAccuracy
+
+    write_image_folder(tmp_path / "images")
+    (tmp_path / "images" / "cat" / "9_broken.png").unlink()
+    for label in ("cat", "dog"):
+        (tmp_path / "masks" / label).mkdir(parents=True)
+        for i in range(3):
+            mask = np.zeros((40, 40), dtype=np.uint8)
+            mask[: 10 * (i + 1), :20] = 255  # the top-left: a band growing with i
+            Image.fromarray(mask).save(tmp_path / "masks" / label / f"{i}.png")
+    base = [*IMAGE_FOLDER, f"dataset.path={tmp_path / 'images'}", f"dataset.mask_path={tmp_path / 'masks'}",
+            f"model.checkpoint={resnet_checkpoint(tmp_path / 'resnet.pt')}", "heatmaps=6",
+            "evaluation.metrics=[srg,relevance_mass_accuracy]"]
+    folder = run_job(make_cfg(base), tmp_path / "out")
+    table = pd.read_csv(folder.results / "per_sample.csv")
+    attribution = torch.from_numpy(folder.read_batches()["heatmap_attribution"])
+    expected_masks = torch.zeros(6, 32, 32, dtype=torch.bool)  # Resize(32) with nearest: 40 -> 32 px
+    for k in range(6):
+        expected_masks[k, : round(8 * (k % 3 + 1)), :16] = True
+    expected = RelevanceMassAccuracy()(None, attribution, attribution, None, mask=expected_masks).scores
+    np.testing.assert_allclose(table["relevance_mass_accuracy"].to_numpy(), expected.numpy(), rtol=1e-6)
+
+    (tmp_path / "masks" / "dog" / "2.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has no mask for 1 of 6 images, e.g. .*dog/2.png"):
+        run_job(make_cfg(base), tmp_path / "out2")
+    flip = "{_target_:torchvision.transforms.RandomHorizontalFlip}"
+    with pytest.raises(ValueError, match="RandomHorizontalFlip, which dataset.mask_path cannot apply to the masks"):
+        run_job(make_cfg([*base, f"dataset.transforms=[{flip},{{_target_:torchvision.transforms.ToTensor}}]"]),
+                tmp_path / "out3")
