@@ -1,9 +1,11 @@
-"""``python -m pipeline.compare --experiment X``: rank runs by SRG, print the table, optionally log it with a plot.
+"""``python -m pipeline.compare --experiment X``: rank runs by SRG (or by any metric, or by their mean rank over all
+metrics: ``--by``), print the table, optionally log it with plots.
 
 Runs are read with ``mlflow.search_runs``; only runs with a ``faithfulness/srg`` metric take part (sweep
-parents and comparison runs have none). With ``--log`` the ranking (JSON table and CSV) and a figure of
-the compared runs' mean MoRF/LeRF curves go into the sweep's parent run (``--parent``) or into a new
-run named ``comparison``.
+parents and comparison runs have none). With ``--log`` the ranking (JSON table and CSV), a figure of
+the compared runs' mean MoRF/LeRF curves and, when the runs share more metrics than SRG, the ranking across all
+their metrics (``evaluation.rank_methods``: each metric ranked in its own direction, ordered by mean rank) with a
+figure of the ranks go into the sweep's parent run (``--parent``) or into a new run named ``comparison``.
 """
 import argparse
 import os
@@ -32,6 +34,11 @@ COLUMNS = {
 }
 COMPARISON_TAG = "comparison"
 ARTIFACT_DIR = "comparison"
+#: Metric key prefixes that score attributions (``pipeline.metrics``); their columns join the table by full key.
+METRIC_GROUPS = ("faithfulness", "randomisation", "robustness", "complexity", "localisation")
+#: Parts of SRG (it is AUC(LeRF) - AUC(MoRF)): left out of the cross-metric ranking, which would count SRG 4 times.
+SRG_PARTS = ("faithfulness/auc_morf", "faithfulness/auc_lerf", "faithfulness/aopc_morf")
+MEAN_RANK = "mean_rank"
 
 
 def search_runs(uri: str, **kwargs) -> pd.DataFrame:
@@ -52,8 +59,10 @@ def search_runs(uri: str, **kwargs) -> pd.DataFrame:
             os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
-def find_runs(uri: str, experiment: str, parent: Optional[str] = None, filter_string: str = "") -> pd.DataFrame:
-    """Finished runs of ``experiment`` (children of ``parent`` when given) that have an SRG, best first."""
+def find_runs(uri: str, experiment: str, parent: Optional[str] = None, filter_string: str = "",
+              by: str = "srg") -> pd.DataFrame:
+    """Finished runs of ``experiment`` (children of ``parent`` when given) that have an SRG, best first by ``by``
+    (a column, a metric key such as ``localisation/pointing_game``, or ``mean_rank`` over all metrics)."""
     from pipeline.store import tracking_client
 
     if tracking_client(uri).get_experiment_by_name(experiment) is None:
@@ -68,15 +77,55 @@ def find_runs(uri: str, experiment: str, parent: Optional[str] = None, filter_st
         return pd.DataFrame(columns=[c for c in COLUMNS if c != "output_dir"])
     runs = runs[runs[COLUMNS["srg"]].notna()]
     table = pd.DataFrame({name: runs.get(column, pd.Series(np.nan, index=runs.index)) for name, column in COLUMNS.items()})
+    logged = {c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.")}
+    for key in sorted(k for k in logged if k.split("/")[0] in METRIC_GROUPS and f"metrics.{k}" not in COLUMNS.values()):
+        table[key] = runs[f"metrics.{key}"]
     # A sweep that reuses a finished folder logs it again under its own parent: list those results once (newest run;
     # search_runs returns newest first).
     reused = table["output_dir"].notna() & table.duplicated("output_dir", keep="first")
-    table = table[~reused].drop(columns="output_dir")
-    return table.sort_values("srg", ascending=False, kind="stable").reset_index(drop=True)
+    table = table[~reused].drop(columns="output_dir").reset_index(drop=True)
+    return order_by(table, by)
+
+
+def ranked_metrics(table: pd.DataFrame) -> list[str]:
+    """The metric keys the cross-metric ranking uses: SRG and every other metric some run has (not SRG's parts)."""
+    keys = [k for k in table.columns if "/" in k and k not in SRG_PARTS and table[k].notna().any()]
+    return ["faithfulness/srg", *keys]
+
+
+def metric_ranking(table: pd.DataFrame) -> pd.DataFrame:
+    """``evaluation.rank_methods`` over the runs (index: run id) and ``ranked_metrics``, best mean rank first."""
+    from evaluation import rank_methods
+    from pipeline.metrics import higher_is_better
+
+    keys = ranked_metrics(table)
+    values = table.rename(columns={"srg": "faithfulness/srg"}).set_index("run_id")[keys]
+    scores = {run_id: {k: v for k, v in row.items() if pd.notna(v)} for run_id, row in values.iterrows()}
+    return rank_methods(scores, directions={k: higher_is_better(k) for k in keys})
+
+
+def order_by(table: pd.DataFrame, by: str) -> pd.DataFrame:
+    """The table best first by ``by``: ``mean_rank`` (across all metrics), a column or a metric key, each in its
+    metric's direction."""
+    if table.empty:
+        return table
+    if by == MEAN_RANK:
+        order = metric_ranking(table).index
+        return table.set_index("run_id").loc[order].reset_index()[table.columns]
+    from pipeline.metrics import higher_is_better
+
+    column = {"faithfulness/srg": "srg", **{v.removeprefix("metrics."): k for k, v in COLUMNS.items()}}.get(by, by)
+    metric_columns = [c for c in table.columns if c in ("srg", "auc_morf", "auc_lerf", "aopc_morf") or "/" in c]
+    if column not in metric_columns:
+        raise ValueError(f"--by {by}: no such metric in these runs; choose {MEAN_RANK} or one of "
+                         f"{', '.join(metric_columns)}")
+    key = f"faithfulness/{column}" if "/" not in column else column
+    return table.sort_values(column, ascending=not higher_is_better(key), kind="stable",
+                             na_position="last").reset_index(drop=True)
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """The ranking as aligned text, rank 1 = highest SRG."""
+    """The ranking as aligned text, rank 1 = best."""
     shown = table.copy()
     shown["run_id"] = shown["run_id"].str[:8]  # enough to tell runs apart; the full id is in --log's CSV
     shown.index = pd.RangeIndex(1, len(shown) + 1, name="rank")
@@ -116,8 +165,34 @@ def curve_figure(client, table: pd.DataFrame):
     return fig
 
 
+def rank_figure(table: pd.DataFrame, ranking: pd.DataFrame):
+    """Runs x metrics, coloured by rank (1 = best, green) and labelled with the score: where the metrics agree."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ranked_metrics(table)
+    names = table.set_index("run_id")["run"]
+    ranks = ranking[[f"{k} rank" for k in keys]].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(max(5.5, 2.5 + 1.1 * len(keys)), 1.1 + 0.42 * len(ranking)))
+    ax.imshow(ranks, cmap="RdYlGn_r", vmin=1, vmax=max(len(ranking), 2), aspect="auto")
+    for i, run_id in enumerate(ranking.index):
+        for j, key in enumerate(keys):
+            score = ranking.loc[run_id, key]
+            text = "n/a" if pd.isna(score) else f"{score:.3f}\n#{ranks[i, j]:g}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(keys)), [k.replace("/", "/\n") for k in keys], fontsize=7)
+    ax.set_yticks(range(len(ranking)), [f"{names[r]} (mean rank {ranking.loc[r, 'mean rank']:.2f})"
+                                        for r in ranking.index], fontsize=7)
+    ax.set_title("rank per metric (1 = best, in its direction)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def log_comparison(client, run_id: str, table: pd.DataFrame) -> None:
-    """Log the ranking (table + CSV + text) and the curve figure into ``run_id``."""
+    """Log the ranking (table + CSV + text), the curve figure and, with more metrics than SRG, the cross-metric
+    ranking and its figure into ``run_id``."""
     import matplotlib.pyplot as plt
 
     client.log_table(run_id, table.assign(rank=range(1, len(table) + 1)), f"{ARTIFACT_DIR}/ranking.json")
@@ -126,6 +201,14 @@ def log_comparison(client, run_id: str, table: pd.DataFrame) -> None:
     fig = curve_figure(client, table)
     client.log_figure(run_id, fig, f"{ARTIFACT_DIR}/curves.png")
     plt.close(fig)
+    if len(ranked_metrics(table)) > 1:
+        ranking = metric_ranking(table)
+        shown = ranking.join(table.set_index("run_id")["run"]).reset_index()
+        client.log_table(run_id, shown, f"{ARTIFACT_DIR}/metric_ranking.json")
+        client.log_text(run_id, shown.to_csv(index=False), f"{ARTIFACT_DIR}/metric_ranking.csv")
+        fig = rank_figure(table, ranking)
+        client.log_figure(run_id, fig, f"{ARTIFACT_DIR}/metric_ranks.png")
+        plt.close(fig)
     best = table.iloc[0]
     client.set_tag(run_id, "best_run", f"{best['run']} ({best['run_id']})")
 
@@ -136,12 +219,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--parent", help="only the children of this sweep parent run (and log into it with --log)")
     parser.add_argument("--filter", default="", help="extra search_runs filter, e.g. \"tags.model = 'digits_cnn'\"")
+    parser.add_argument("--by", default="srg", help=f"rank by this metric (a column or key, e.g. "
+                        f"localisation/pointing_game) or by {MEAN_RANK} across all metrics (default: srg)")
     parser.add_argument("--log", action="store_true", help="log the table and curve plot into MLflow")
     args = parser.parse_args(argv)
 
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
-        table = find_runs(uri, args.experiment, args.parent, args.filter)
+        table = find_runs(uri, args.experiment, args.parent, args.filter, by=args.by)
     except ValueError as error:
         parser.error(str(error))
     if table.empty:

@@ -11,11 +11,11 @@ from PIL import Image
 from pipeline.compare import curves, find_runs, main
 
 
-def log_run(client, eid, method, composite, srg, morf, lerf, parent=None, **more_tags):
+def log_run(client, eid, method, composite, srg, morf, lerf, parent=None, more_metrics=None, **more_tags):
     tags = {"method": method, "composite": composite, **({"mlflow.parentRunId": parent} if parent else {}), **more_tags}
     run_id = client.create_run(eid, run_name=f"{method}-{composite}", tags=tags).info.run_id
     metrics = {"faithfulness/srg": srg, "faithfulness/auc_morf": 0.5 - srg / 2, "faithfulness/auc_lerf": 0.5 + srg / 2,
-               "faithfulness/aopc_morf": srg / 3, "data/samples": 8.0}
+               "faithfulness/aopc_morf": srg / 3, "data/samples": 8.0, **(more_metrics or {})}
     batch = [Metric(k, v, 0, 0) for k, v in metrics.items()]
     # curve points logged in reverse step order: the comparison must put them back in step order
     batch += [Metric("curve/morf", v, 0, s) for s, v in reversed(list(enumerate(morf)))]
@@ -99,3 +99,36 @@ def test_runs_of_different_models_are_told_apart_and_a_reused_folder_is_listed_o
     header, _, first, second = capsys.readouterr().out.splitlines()
     assert "model" in header and "dataset" in header and "run_id" in header
     assert "resnet50" in first and again[:8] in first and "resnet18" in second
+
+
+def test_ranks_across_all_metrics_by_mean_rank_or_by_one_metric_and_logs_the_rank_figure(tracking, tmp_path, capsys):
+    uri, client, eid, experiment = tracking
+    parent = client.create_run(eid, run_name="sweep", tags={"sweep": "true"}).info.run_id
+    curve = ([1.0, 0.5], [1.0, 0.9])
+    # SRG favours a, entropy (lower is better) and the pointing game favour b: b has the best mean rank
+    a = log_run(client, eid, "lrp", "epsilon_plus", 0.5, *curve, parent,
+                {"complexity/entropy": 6.0, "localisation/pointing_game": 0.2})
+    b = log_run(client, eid, "gradient", "none", 0.3, *curve, parent,
+                {"complexity/entropy": 5.0, "localisation/pointing_game": 0.9})
+    c = log_run(client, eid, "smoothgrad", "none", 0.1, *curve, parent,
+                {"complexity/entropy": 7.0, "localisation/pointing_game": 0.5})
+    assert find_runs(uri, experiment, parent)["run_id"].tolist() == [a, b, c]
+    assert find_runs(uri, experiment, parent, by="mean_rank")["run_id"].tolist() == [b, a, c]
+    assert find_runs(uri, experiment, parent, by="complexity/entropy")["run_id"].tolist() == [b, a, c]
+    assert find_runs(uri, experiment, parent, by="localisation/pointing_game")["run_id"].tolist() == [b, c, a]
+    assert find_runs(uri, experiment, parent, by="auc_morf")["run_id"].tolist() == [a, b, c]  # lower is better
+    with pytest.raises(ValueError, match="--by robustness/x: no such metric in these runs; choose mean_rank or"):
+        find_runs(uri, experiment, parent, by="robustness/x")
+
+    assert main(["--tracking-uri", uri, "--experiment", experiment, "--parent", parent, "--by", "mean_rank",
+                 "--log"]) == 0
+    assert "gradient-none" in capsys.readouterr().out.splitlines()[2]
+    logged = Path(client.download_artifacts(parent, "comparison", str(tmp_path)))
+    ranking = json.loads((logged / "metric_ranking.json").read_text())
+    columns = ranking["columns"]
+    rows = {row[columns.index("run")]: row for row in ranking["data"]}
+    assert rows["gradient-none"][columns.index("mean rank")] == pytest.approx((2 + 1 + 1) / 3)
+    assert rows["lrp-epsilon_plus"][columns.index("faithfulness/srg rank")] == 1
+    assert "faithfulness/auc_morf rank" not in columns  # a part of SRG, not a metric of its own
+    with Image.open(logged / "metric_ranks.png") as plot:
+        assert plot.size[0] > 300
