@@ -90,17 +90,17 @@ def check_deeplift_model(model: nn.Module) -> None:
 
 class _Rescale(torch.autograd.Function):
     """Forward: ``y`` unchanged. Backward: grad * multiplier to the module's input ``x``, and grad * passthrough
-    into ``y``'s own graph (the module's true local gradient, used where |x - x0| < EPSILON)."""
+    into ``y``'s own graph (the module's true local gradient, used where |x - x0| < EPSILON; None: nowhere)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, multiplier: Tensor, passthrough: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, y: Tensor, multiplier: Tensor, passthrough: Tensor | None) -> Tensor:
         ctx.save_for_backward(multiplier, passthrough)
         return y.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         multiplier, passthrough = ctx.saved_tensors
-        return grad * multiplier, grad * passthrough, None, None
+        return grad * multiplier, None if passthrough is None else grad * passthrough, None, None
 
 
 def scatter_sum(values: Tensor, indices: Tensor, like: Tensor) -> Tensor:
@@ -169,7 +169,7 @@ class _RescaleHooks:
             ratio = torch.where(near, 0.0, (output[:n] - output[n:]) / torch.where(near, 1.0, delta_in))
             nothing = torch.zeros_like(ratio)
             multiplier = torch.cat([ratio, nothing])
-            passthrough = torch.cat([near.to(ratio.dtype), nothing])
+            passthrough = torch.cat([near.to(ratio.dtype), nothing]) if near.any() else None
         return _Rescale.apply(x, output, multiplier, passthrough)
 
     def _rescale_maxpool(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
