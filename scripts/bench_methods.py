@@ -4,25 +4,37 @@ ResNet18 (random weights), one image, the same target and the same inputs per fo
 - Occlusion(window, stride) vs Captum's Occlusion (``perturbations_per_eval`` = our ``batch_size``) vs the bare
   forward passes over the same covered images, built beforehand;
 - GradCAM / GradCAM++ / LayerCAM vs pytorch-grad-cam's vs a plain gradient (``xai.Gradient``);
-- ScoreCAM vs pytorch-grad-cam's (``batch_size`` equal) vs the bare forward passes over the masked images.
+- ScoreCAM vs pytorch-grad-cam's (``batch_size`` equal) vs the bare forward passes over the masked images;
+- DeepLIFT (zero baseline) vs Captum's DeepLift vs a plain gradient of the image, and of the image and its
+  baseline together (the batch DeepLIFT runs). Captum fails on torchvision's BasicBlock, which calls one ReLU
+  twice, so it gets a copy with one ReLU per use (the same computation);
+- GradientSHAP (``--shap-samples`` draws from 8 random baselines) vs Captum's GradientShap vs a plain gradient
+  of as many images.
 Repeats alternate the order; the table shows median wall-clock and process CPU times and their ratios.
 
-    python scripts/bench_methods.py [--size 224] [--repeats 3] [--batch-size 32]
+    python scripts/bench_methods.py [--size 224] [--repeats 3] [--batch-size 32] [--shap-samples 16] [--only NAME,..]
 """
 import argparse
+import copy
 import statistics
 import time
+import types
+import warnings
 
 import torch
+from captum.attr import DeepLift as CaptumDeepLift
+from captum.attr import GradientShap as CaptumGradientShap
 from captum.attr import Occlusion as CaptumOcclusion
 from pytorch_grad_cam import GradCAM as RefGradCAM
 from pytorch_grad_cam import GradCAMPlusPlus as RefGradCAMPlusPlus
 from pytorch_grad_cam import LayerCAM as RefLayerCAM
 from pytorch_grad_cam import ScoreCAM as RefScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
 from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock
 
-from xai import GradCAM, GradCAMPlusPlus, Gradient, LayerCAM, Occlusion, ScoreCAM
+from xai import DeepLIFT, GradCAM, GradCAMPlusPlus, Gradient, GradientSHAP, LayerCAM, Occlusion, ScoreCAM
 from xai.occlusion import window_masks, window_starts
 
 
@@ -38,6 +50,22 @@ def bare_forwards(model, inputs: torch.Tensor, batch: int):
             for i in range(0, len(inputs), batch):
                 model(inputs[i : i + batch])
     return run
+
+
+def _basic_block_forward(self, x):
+    identity = x if self.downsample is None else self.downsample(x)
+    out = self.relu(self.bn1(self.conv1(x)))
+    return self.relu_out(self.bn2(self.conv2(out)) + identity)
+
+
+def one_relu_per_use(model: nn.Module) -> nn.Module:
+    """A copy whose BasicBlocks use a second ReLU module for their output (Captum's DeepLift needs that)."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, BasicBlock):
+            module.relu_out = nn.ReLU(inplace=True)
+            module.forward = types.MethodType(_basic_block_forward, module)
+    return model
 
 
 def build_cases(args) -> dict[str, dict[str, callable]]:
@@ -88,6 +116,22 @@ def build_cases(args) -> dict[str, dict[str, callable]]:
         "reference": reference_score_cam,
         "bare": bare_forwards(model, masked, batch),
     }
+    captum_model = one_relu_per_use(model)
+    for versus, plain in (("1 image", x), ("image + baseline", torch.cat([x, torch.zeros_like(x)]))):
+        cases[f"DeepLIFT vs gradient of {versus}"] = {
+            "ours": lambda: DeepLIFT(model)(x, target=target),
+            "reference": lambda: CaptumDeepLift(captum_model).attribute(x, baselines=0.0, target=target),
+            "bare": lambda plain=plain: Gradient(model)(plain, target=target.expand(len(plain))),
+        }
+    samples = args.shap_samples
+    baselines = torch.randn(8, 3, args.size, args.size)
+    points = torch.randn(samples, 3, args.size, args.size)
+    cases[f"GradientSHAP({samples} samples)"] = {
+        "ours": lambda: GradientSHAP(model, baselines, samples=samples, batch_size=batch)(x, target=target),
+        "reference": lambda: CaptumGradientShap(model).attribute(
+            x, baselines=baselines, n_samples=samples, target=target),
+        "bare": lambda: Gradient(model)(points, target=target.expand(samples)),
+    }
     return cases
 
 
@@ -96,11 +140,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--shap-samples", type=int, default=16)
+    parser.add_argument("--only", default="", help="comma-separated parts of method names to time (default: all)")
     args = parser.parse_args()
+    for noise in ("Setting forward, backward hooks", "Input Tensor 0 did not already require gradients"):
+        warnings.filterwarnings("ignore", message=noise)  # Captum warns on every call
     cases = build_cases(args)
+    if args.only:
+        cases = {name: sides for name, sides in cases.items() if any(part in name for part in args.only.split(","))}
     print(f"ResNet18, 1 image {args.size}x{args.size}, {args.batch_size} inputs per forward pass, "
           f"{args.repeats} repeats, torch threads={torch.get_num_threads()}")
-    print(f"{'method':34s} {'ours s':>8s} {'ref s':>8s} {'bare s':>8s} {'ours/ref':>9s} {'ours/bare':>10s}"
+    print(f"{'method':42s} {'ours s':>8s} {'ref s':>8s} {'bare s':>8s} {'ours/ref':>9s} {'ours/bare':>10s}"
           f" {'cpu ours/ref':>13s} {'cpu ours/bare':>14s}")
     for name, sides in cases.items():
         times = {side: [] for side in sides}
@@ -110,7 +160,7 @@ def main() -> None:
                 times[side].append(timed(sides[side]))
         wall = {side: statistics.median(t[0] for t in values) for side, values in times.items()}
         cpu = {side: statistics.median(t[1] for t in values) for side, values in times.items()}
-        print(f"{name:34s} {wall['ours']:8.2f} {wall['reference']:8.2f} {wall['bare']:8.2f} "
+        print(f"{name:42s} {wall['ours']:8.2f} {wall['reference']:8.2f} {wall['bare']:8.2f} "
               f"{wall['ours'] / wall['reference']:9.2f} {wall['ours'] / wall['bare']:10.2f} "
               f"{cpu['ours'] / cpu['reference']:13.2f} {cpu['ours'] / cpu['bare']:14.2f}")
 

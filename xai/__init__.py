@@ -1,9 +1,11 @@
 """Explanation methods for image classifiers on plain torch."""
 from xai.analyzer import Analyzer, analyze
 from xai.cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+from xai.deeplift import DeepLIFT, DeepLIFTShap
 from xai.errors import UnsupportedModelError
 from xai.explanation import Explanation
 from xai.gradient import Gradient, InputTimesGradient
+from xai.gradient_shap import ExpectedGradients, GradientSHAP
 from xai.heatmap import heatmap, heatmap_grid, overlay
 from xai.integrated_gradients import IntegratedGradients
 from xai.lrp import LRP
@@ -13,10 +15,14 @@ from xai.softmax import strip_softmax
 
 __all__ = [
     "Analyzer",
+    "DeepLIFT",
+    "DeepLIFTShap",
+    "ExpectedGradients",
     "Explanation",
     "GradCAM",
     "GradCAMPlusPlus",
     "Gradient",
+    "GradientSHAP",
     "InputTimesGradient",
     "IntegratedGradients",
     "LRP",

@@ -34,8 +34,12 @@ def weighted_gradient_sum(
     batch_size: int,
     desc: str = "gradients",
     fold: bool = False,
+    scale: PointMaker | None = None,
 ) -> Tensor:
     """``sum_s weights[s] * d model(points_s)[n, target[n]] / d points_s[n]`` for every sample n.
+
+    ``scale(step, sample)``, if given, multiplies each point's gradient before the sum (GradientSHAP's
+    x - baseline, which changes with the step); it is asked for the same chunks as ``points``, after it.
 
     ``points(step, sample)`` returns the inputs for the given index pairs (one chunk, at most ``batch_size``).
     Chunks visit the steps in increasing order, so ``points`` may draw them lazily (e.g. seeded noise).
@@ -58,6 +62,8 @@ def weighted_gradient_sum(
             check_output(output)
             seed = one_hot_at(output, target[sample]) * weights.to(output)[step, None]
             (grad,) = torch.autograd.grad(output, chunk, grad_outputs=seed)
+        if scale is not None:
+            grad = grad * scale(step, sample)
         if total_grad is None:
             total_grad = torch.zeros((n, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
         total_grad.index_add_(0, sample, grad)

@@ -1,0 +1,296 @@
+"""DeepLIFT with the Rescale rule (Shrikumar et al. 2017) and DeepLIFTShap, equal to Captum's ``DeepLift`` and
+``DeepLiftShap`` (``multiply_by_inputs=True``).
+
+DeepLIFT explains the difference f(x) - f(x0) to a baseline x0: attribution = (x - x0) * m, where the multiplier m
+is the chain rule with each non-linearity's local derivative replaced by a difference quotient against the
+baseline's forward pass; the attributions of a sample then sum to f(x) - f(x0) ("summation-to-delta").
+
+- Element-wise activations (ReLU, LeakyReLU, ELU, Sigmoid, Tanh, Softplus, ..., see ``ELEMENTWISE_TYPES``):
+  m = (f(x) - f(x0)) / (x - x0), and the plain gradient where |x - x0| < 1e-10 (Captum's ``nonlinear``).
+  Captum rescales only ReLU, ELU, LeakyReLU, Sigmoid, Tanh and Softplus and passes the plain gradient through
+  every other activation; here GELU, SiLU, Hardtanh, ... are rescaled too (on models whose activations are among
+  Captum's six, the two agree).
+- MaxPool (Captum's ``maxpool``): the output difference is split into max(y, y0) - y0, sent to the inputs that
+  are the maxima for x, and y - max(y, y0), sent to those for x0; each input's share divided by its own
+  x - x0, and the plain gradient where |x - x0| < 1e-10. As in Captum the shares are placed with
+  ``max_unpool``, which keeps only one of the shares of an input picked by several overlapping windows
+  (ResNet's 3x3 / stride 2 stem), so there summation-to-delta fails; ``sum_overlaps=True`` adds them up
+  instead, which restores it (and differs from Captum on such models).
+- Linear layers (Conv, Linear, BatchNorm in eval mode, AvgPool, additions, reshapes): their gradient.
+
+How: one forward pass of the concatenated batch [x; x0] with forward hooks on the activation and pooling
+modules, each of which wraps its output in an autograd function whose backward applies the multiplier; one
+backward pass seeded at the target logit of the x half gives m. A module called several times (torchvision's
+BasicBlock uses one ReLU twice) is handled per call.
+
+Captum 0.9's DeepLift has three bugs that this avoids (the equality tests give Captum an equivalent model and
+one sample per call, which sidesteps them): (1) it fails on a module used more than once; (2) when two hooked
+modules follow each other directly (ReLU then MaxPool, as in the bundled CNN and ResNet's stem), the first
+one rescales the gradient of its output from before the second one's rule (Captum issue 1104); (3) its
+maxpool falls back to the gradient of the first sample of the batch for every sample (issue 1276). Captum
+also seeds the baseline half of the batch; that only enters through (3), so here the baseline half carries
+no gradient.
+
+Not handled: non-linearities applied as functions in a ``forward`` (``F.relu``, ``torch.sigmoid``,
+``x.relu()``) cannot be seen by module hooks and are silently treated by their gradient, as in Captum: use
+``nn`` modules for them. Modules that are neither linear nor element-wise (softmax, normalisations by the
+sample's own statistics, attention, recurrent layers, adaptive max pooling) raise ``UnsupportedModelError``.
+"""
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from xai.analyzer import Analyzer
+from xai.batched_gradients import check_batch_size
+from xai.errors import UnsupportedModelError
+from xai.integrated_gradients import Baseline, check_baseline, resolve_baseline
+from xai.softmax import SOFTMAX_TYPES
+from xai.targets import Target, one_hot_at, resolve_target
+from xai.validation import run_model
+
+#: |x - x0| below this takes the plain gradient instead of the difference quotient (Captum's ``eps``).
+EPSILON = 1e-10
+
+ELEMENTWISE_TYPES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Softplus, nn.Softsign, nn.LogSigmoid,
+    nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.Threshold,
+)
+MAXPOOL_UNPOOL = {nn.MaxPool1d: (F.max_pool1d, F.max_unpool1d), nn.MaxPool2d: (F.max_pool2d, F.max_unpool2d),
+                  nn.MaxPool3d: (F.max_pool3d, F.max_unpool3d)}
+
+UNSUPPORTED = (
+    (SOFTMAX_TYPES + (nn.Softmax2d,), "softmax: explanations are taken on logits (xai.strip_softmax(model) removes "
+                                      "one at the output)"),
+    ((nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm),
+     "normalisation by the sample's own statistics is not linear and has no DeepLIFT rule here"),
+    ((nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.FractionalMaxPool2d,
+      nn.FractionalMaxPool3d, nn.LPPool1d, nn.LPPool2d), "pooling without a DeepLIFT rule here (only MaxPool1d/2d/3d)"),
+    ((nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.GLU),
+     "products of activations (attention, gating) have no Rescale rule"),
+    ((nn.RNNBase, nn.RNNCellBase), "recurrent layer: its gates have no Rescale rule here"),
+)
+ADVICE = ("What to do: explain the model with a gradient-based method (xai.IntegratedGradients is the closest "
+          "to DeepLIFT), or replace the layer.")
+
+
+def check_deeplift_model(model: nn.Module) -> None:
+    """Raise ``UnsupportedModelError`` naming every module DeepLIFT has no rule for (path and type)."""
+    problems = []
+    for path, module in model.named_modules():
+        reason = next((why for types, why in UNSUPPORTED if isinstance(module, types)), None)
+        if reason is None and isinstance(module, tuple(MAXPOOL_UNPOOL)) and module.return_indices:
+            reason = "MaxPool with return_indices=True returns a tuple; DeepLIFT needs its output tensor"
+        if reason is not None:
+            problems.append(f"{path or '<model>'} ({type(module).__name__}): {reason}")
+    if problems:
+        raise UnsupportedModelError(problems, ADVICE)
+
+
+class _Rescale(torch.autograd.Function):
+    """Forward: ``y`` unchanged. Backward: grad * multiplier to the module's input ``x``, and grad * passthrough
+    into ``y``'s own graph (the module's true local gradient, used where |x - x0| < EPSILON; None: nowhere)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, multiplier: Tensor, passthrough: Tensor | None) -> Tensor:
+        ctx.save_for_backward(multiplier, passthrough)
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        multiplier, passthrough = ctx.saved_tensors
+        return grad * multiplier, None if passthrough is None else grad * passthrough, None, None
+
+
+def scatter_sum(values: Tensor, indices: Tensor, like: Tensor) -> Tensor:
+    """Pooled ``values`` added back at their max ``indices`` (flat per channel) into a tensor shaped like ``like``."""
+    return torch.zeros_like(like).flatten(2).scatter_add_(2, indices.flatten(2), values.flatten(2)).view_as(like)
+
+
+class _MaxPoolRescale(torch.autograd.Function):
+    """Forward: ``y`` unchanged. Backward: Captum's maxpool rule on the x half (the baseline half gets none)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, indices: Tensor, unpool, pool: nn.Module) -> Tensor:
+        ctx.save_for_backward(x, y, indices)
+        ctx.unpool, ctx.pool = unpool, pool  # unpool None: sum the shares of overlapping windows
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, y, indices = ctx.saved_tensors
+        n = x.shape[0] // 2
+        delta_in = x[:n] - x[n:]
+        y_max = torch.maximum(y[:n], y[n:])
+        spatial = x.shape[2:]
+
+        def unpool(values: Tensor, where: Tensor) -> Tensor:
+            if ctx.unpool is None:
+                return scatter_sum(values, where, delta_in)
+            pool = ctx.pool
+            return ctx.unpool(values, where, pool.kernel_size, pool.stride, pool.padding, list(spatial))
+
+        grad_x = grad[:n]
+        shares = unpool(grad_x * (y_max - y[n:]), indices[:n]) + unpool(grad_x * (y[:n] - y_max), indices[n:])
+        gradient = scatter_sum(grad_x, indices[:n], delta_in)  # MaxPool's own backward
+        rescaled = torch.where(delta_in.abs() < EPSILON, gradient, shares / delta_in)
+        return torch.cat([rescaled, torch.zeros_like(rescaled)]), None, None, None, None
+
+
+class _RescaleHooks:
+    """Forward (pre-)hooks that put the Rescale backward on every activation and MaxPool of a model."""
+
+    def __init__(self, model: nn.Module, sum_overlaps: bool):
+        self.sum_overlaps = sum_overlaps
+        self.handles = []
+        self.inputs: dict[int, Tensor] = {}
+        for module in model.modules():
+            if isinstance(module, ELEMENTWISE_TYPES):
+                self.handles.append(module.register_forward_pre_hook(self._keep_input))
+                self.handles.append(module.register_forward_hook(self._rescale_elementwise))
+            elif type(module) in MAXPOOL_UNPOOL:
+                self.handles.append(module.register_forward_hook(self._rescale_maxpool))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _keep_input(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        # an in-place activation overwrites its input: keep a copy (still in the graph) of the values before
+        self.inputs[id(module)] = inputs[0].clone() if getattr(module, "inplace", False) else inputs[0]
+
+    def _rescale_elementwise(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        x = self.inputs.pop(id(module))
+        n = x.shape[0] // 2
+        with torch.no_grad():
+            delta_in = x[:n] - x[n:]
+            near = delta_in.abs() < EPSILON
+            ratio = torch.where(near, 0.0, (output[:n] - output[n:]) / torch.where(near, 1.0, delta_in))
+            nothing = torch.zeros_like(ratio)
+            multiplier = torch.cat([ratio, nothing])
+            passthrough = torch.cat([near.to(ratio.dtype), nothing]) if near.any() else None
+        return _Rescale.apply(x, output, multiplier, passthrough)
+
+    def _rescale_maxpool(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        pool, unpool = MAXPOOL_UNPOOL[type(module)]
+        x = inputs[0]
+        with torch.no_grad():
+            _, indices = pool(x, module.kernel_size, module.stride, module.padding, module.dilation,
+                              module.ceil_mode, True)
+        return _MaxPoolRescale.apply(x, output, indices, None if self.sum_overlaps else unpool, module)
+
+
+def target_rows(target: Target, n: int):
+    """The part of the user's target for samples start..stop-1 (checked against the batch size n up front)."""
+    if isinstance(target, Tensor) and target.dim() == 1 and target.shape[0] != n:
+        raise ValueError(f"target has shape {tuple(target.shape)} but the batch has {n} samples: give one class "
+                         f"per sample (shape ({n},)), a single int, or None for the top class")
+
+    def rows(start: int, stop: int) -> Target:
+        return target[start:stop] if isinstance(target, Tensor) and target.dim() == 1 else target
+
+    return rows
+
+
+def deeplift_multipliers(
+    model: nn.Module, x: Tensor, baseline: Tensor, target: Target, batch_size: int, sum_overlaps: bool = False,
+    desc: str = "DeepLIFT",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The DeepLIFT multipliers of the target logit for each pair (x[i], baseline[i]), ``batch_size`` pairs per
+    forward/backward of the concatenated pair batch; returns (multipliers, output on x, resolved target)."""
+    n = x.shape[0]
+    rows = target_rows(target, n)
+    multipliers, outputs, resolved = [], [], []
+    hooks = _RescaleHooks(model, sum_overlaps)
+    try:
+        starts = range(0, n, batch_size)
+        for start in tqdm(starts, desc=desc, leave=False, disable=None if len(starts) > 1 else True):
+            stop = min(start + batch_size, n)
+            pairs = torch.cat([x[start:stop], baseline[start:stop]]).requires_grad_(True)
+            with torch.enable_grad():
+                output = run_model(model, pairs)
+                chunk_target = resolve_target(rows(start, stop), output[: stop - start])
+                seed = one_hot_at(output, torch.cat([chunk_target, chunk_target]))
+                seed[stop - start:] = 0
+                (grad,) = torch.autograd.grad(output, pairs, grad_outputs=seed)
+            multipliers.append(grad[: stop - start])
+            outputs.append(output[: stop - start].detach())
+            resolved.append(chunk_target)
+    finally:
+        hooks.remove()
+    return torch.cat(multipliers), torch.cat(outputs), torch.cat(resolved)
+
+
+class DeepLIFT(Analyzer):
+    """(x - baseline) times the DeepLIFT Rescale multipliers (see the module docstring); equals Captum's DeepLift.
+
+    ``baseline``: None (zeros), a number, or a tensor broadcastable to the input. At most ``batch_size``
+    samples (with their baselines: twice as many images) go through the model at once. ``sum_overlaps``: add up
+    the MaxPool shares of overlapping windows (exact summation-to-delta) instead of keeping one as Captum does.
+    """
+
+    def __init__(self, model: nn.Module, baseline: Baseline = None, batch_size: int = 32, sum_overlaps: bool = False):
+        super().__init__(model)
+        check_baseline(baseline)
+        self.baseline = baseline
+        self.batch_size = check_batch_size(batch_size)
+        self.sum_overlaps = bool(sum_overlaps)
+
+    def _check_model(self) -> None:
+        check_deeplift_model(self.model)
+
+    def _attribute(self, x, target):
+        baseline = resolve_baseline(self.baseline, x)
+        multipliers, output, resolved = deeplift_multipliers(
+            self.model, x, baseline, target, self.batch_size, self.sum_overlaps)
+        return (x - baseline) * multipliers, output, resolved
+
+
+class DeepLIFTShap(Analyzer):
+    """The mean of DeepLIFT over a set of baselines (Lundberg & Lee 2017); equals Captum's DeepLiftShap.
+
+    ``baselines``: a tensor (B, *sample_shape) with B >= 1, e.g. a sample of training images. The N x B
+    (input, baseline) pairs go through the model ``batch_size`` pairs at a time; ``sum_overlaps`` as in DeepLIFT.
+    """
+
+    def __init__(self, model: nn.Module, baselines: Tensor, batch_size: int = 32, sum_overlaps: bool = False):
+        super().__init__(model)
+        self.baselines = check_baseline_set(baselines)
+        self.batch_size = check_batch_size(batch_size)
+        self.sum_overlaps = bool(sum_overlaps)
+
+    def _check_model(self) -> None:
+        check_deeplift_model(self.model)
+
+    def _attribute(self, x, target):
+        baselines = checked_against_input(self.baselines, x)
+        n, b = x.shape[0], baselines.shape[0]
+        inputs = x.repeat_interleave(b, dim=0)  # pair (i, j) at row i * b + j, as Captum orders them
+        references = baselines.repeat(n, *([1] * (x.dim() - 1)))
+        if isinstance(target, Tensor) and target.dim() == 1:
+            target_rows(target, n)
+            target = target.repeat_interleave(b)
+        multipliers, output, resolved = deeplift_multipliers(
+            self.model, inputs, references, target, self.batch_size, self.sum_overlaps, desc="DeepLIFTShap")
+        attribution = ((inputs - references) * multipliers).view(n, b, *x.shape[1:]).mean(dim=1)
+        return attribution, output[::b], resolved[::b]
+
+
+def check_baseline_set(baselines: Tensor) -> Tensor:
+    """A set of baselines must be a finite tensor with a leading set dimension of at least one."""
+    if not isinstance(baselines, Tensor):
+        raise TypeError(f"baselines must be a Tensor (B, *sample_shape), got {type(baselines).__name__}")
+    if baselines.dim() < 2 or baselines.shape[0] < 1:
+        raise ValueError(f"baselines must have shape (B, *sample_shape) with B >= 1, got {tuple(baselines.shape)}")
+    if not torch.isfinite(baselines).all():
+        raise ValueError("baselines contain NaN or Inf values: give finite reference inputs")
+    return baselines.detach()
+
+
+def checked_against_input(baselines: Tensor, x: Tensor) -> Tensor:
+    """The baseline set on x's device and dtype, after checking each baseline has a sample's shape."""
+    if baselines.shape[1:] != x.shape[1:]:
+        raise ValueError(f"baselines have sample shape {tuple(baselines.shape[1:])} but the input's samples have "
+                         f"shape {tuple(x.shape[1:])}: give baselines of shape (B, {', '.join(map(str, x.shape[1:]))})")
+    return baselines.to(device=x.device, dtype=x.dtype)
