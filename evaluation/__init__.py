@@ -1,5 +1,6 @@
 """Metrics of attributions on plain torch: faithfulness (pixel flipping, region perturbation, SRG), complexity
-(sparseness, entropy), and Quantus's metrics."""
+(sparseness, entropy), randomisation (model parameters, random logit), robustness (sensitivity, local Lipschitz
+estimate), and Quantus's metrics."""
 from evaluation.baselines import NAMED_BASELINES, make_baseline
 from evaluation.complexity import Complexity, MetricResult, Sparseness
 from evaluation.perturbation_curve import PerturbationResult
@@ -7,20 +8,28 @@ from evaluation.perturbation_metric import PerturbationMetric
 from evaluation.pixel_flipping import PixelFlipping
 from evaluation.ranking import rank_methods
 from evaluation.quantus_adapter import KNOWN_BROKEN, QuantusMetric, QuantusMetricError, evaluate_quantus
+from evaluation.randomisation import ModelParameterRandomisation, RandomisationResult, RandomLogit
 from evaluation.region_perturbation import RegionPerturbation
+from evaluation.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
 from evaluation.scores import aopc, auc, symmetric_relevance_gain
 from evaluation.symmetric_relevance_gain import SymmetricRelevanceGain, SymmetricRelevanceResult
 
 __all__ = [
+    "AvgSensitivity",
     "Complexity",
     "KNOWN_BROKEN",
+    "LocalLipschitzEstimate",
+    "MaxSensitivity",
     "MetricResult",
+    "ModelParameterRandomisation",
     "NAMED_BASELINES",
     "PerturbationMetric",
     "PerturbationResult",
     "PixelFlipping",
     "QuantusMetric",
     "QuantusMetricError",
+    "RandomLogit",
+    "RandomisationResult",
     "RegionPerturbation",
     "Sparseness",
     "SymmetricRelevanceGain",
