@@ -1,5 +1,6 @@
 """Metrics of attributions on plain torch: faithfulness (pixel flipping, region perturbation, SRG), complexity
-(sparseness, entropy), localisation (pointing game, relevance mass/rank), and Quantus's metrics."""
+(sparseness, entropy), randomisation (model parameters, random logit), robustness (sensitivity, local Lipschitz
+estimate), localisation (pointing game, relevance mass and rank), and Quantus's metrics."""
 from evaluation.baselines import NAMED_BASELINES, make_baseline
 from evaluation.complexity import Complexity, MetricResult, Sparseness
 from evaluation.localisation import (AttributionLocalisation, PointingGame, RelevanceMassAccuracy,
@@ -9,15 +10,21 @@ from evaluation.perturbation_metric import PerturbationMetric
 from evaluation.pixel_flipping import PixelFlipping
 from evaluation.ranking import rank_methods
 from evaluation.quantus_adapter import KNOWN_BROKEN, QuantusMetric, QuantusMetricError, evaluate_quantus
+from evaluation.randomisation import ModelParameterRandomisation, RandomisationResult, RandomLogit
 from evaluation.region_perturbation import RegionPerturbation
+from evaluation.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
 from evaluation.scores import aopc, auc, symmetric_relevance_gain
 from evaluation.symmetric_relevance_gain import SymmetricRelevanceGain, SymmetricRelevanceResult
 
 __all__ = [
     "AttributionLocalisation",
+    "AvgSensitivity",
     "Complexity",
     "KNOWN_BROKEN",
+    "LocalLipschitzEstimate",
+    "MaxSensitivity",
     "MetricResult",
+    "ModelParameterRandomisation",
     "NAMED_BASELINES",
     "PerturbationMetric",
     "PerturbationResult",
@@ -25,6 +32,8 @@ __all__ = [
     "PointingGame",
     "QuantusMetric",
     "QuantusMetricError",
+    "RandomLogit",
+    "RandomisationResult",
     "RegionPerturbation",
     "RelevanceMassAccuracy",
     "RelevanceRankAccuracy",
