@@ -18,7 +18,7 @@ from torch import Tensor, nn
 class MetricSpec:
     group: str  # faithfulness / randomisation / robustness / complexity / localisation
     cls: str  # the class in ``evaluation``
-    needs_analyzer: bool = False  # re-explains (perturbed inputs, randomised models): built with the run's analyzer
+    needs_analyzer: bool = False  # re-explains (perturbed inputs, randomised models): its explainer = the run's analyzer
     needs_mask: bool = False  # localisation: the dataset must give ground-truth masks
 
 
@@ -26,6 +26,11 @@ SPECS = {
     "srg": MetricSpec("faithfulness", "SymmetricRelevanceGain"),
     "sparseness": MetricSpec("complexity", "Sparseness"),
     "entropy": MetricSpec("complexity", "Complexity"),
+    "model_parameter_randomisation": MetricSpec("randomisation", "ModelParameterRandomisation", needs_analyzer=True),
+    "random_logit": MetricSpec("randomisation", "RandomLogit", needs_analyzer=True),
+    "max_sensitivity": MetricSpec("robustness", "MaxSensitivity", needs_analyzer=True),
+    "avg_sensitivity": MetricSpec("robustness", "AvgSensitivity", needs_analyzer=True),
+    "local_lipschitz_estimate": MetricSpec("robustness", "LocalLipschitzEstimate", needs_analyzer=True),
     "pointing_game": MetricSpec("localisation", "PointingGame", needs_mask=True),
     "relevance_mass_accuracy": MetricSpec("localisation", "RelevanceMassAccuracy", needs_mask=True),
     "relevance_rank_accuracy": MetricSpec("localisation", "RelevanceRankAccuracy", needs_mask=True),
@@ -107,16 +112,16 @@ class MetricSuite:
             raise self._bad_params(name, error) from error
 
     def _bad_params(self, name: str, error: Exception) -> ValueError:
-        accepted = [p for p in inspect.signature(self.classes[name]).parameters if p not in ("analyzer", "seed")]
+        accepted = [p for p in inspect.signature(self.classes[name]).parameters if p not in ("explainer", "seed")]
         return ValueError(f"evaluation.params.{name}: {error}; {self.classes[name].__name__} takes "
                           f"{', '.join(accepted) or 'no parameters'}")
 
-    def _build(self, name: str, analyzer: Optional[AnalyzerFactory], seed: int):
+    def _build(self, name: str, analyzer: Optional[Any], seed: int):
         cls, kwargs = self.classes[name], dict(self.params[name])
         if "seed" in inspect.signature(cls).parameters:
             kwargs.setdefault("seed", seed)
         if SPECS[name].needs_analyzer:
-            kwargs["analyzer"] = analyzer
+            kwargs["explainer"] = analyzer
         try:
             return cls(**kwargs)
         except TypeError as error:
@@ -125,10 +130,11 @@ class MetricSuite:
     def __call__(self, model: nn.Module, x: Tensor, attribution: Tensor, target: Tensor, seed: int,
                  analyzer: AnalyzerFactory, mask: Optional[Tensor] = None) -> dict[str, Tensor]:
         """Per-sample scores of one batch by metric name; ``seed`` feeds random metrics, so a resumed batch repeats
-        its draws."""
+        its draws. ``analyzer`` builds the run's analyzer on a model: the explainer of re-explaining metrics."""
         scores = {}
+        explainer = analyzer(model) if any(SPECS[n].needs_analyzer for n in self.names) else None
         for name in self.names:
-            metric = self._build(name, analyzer, seed)
+            metric = self._build(name, explainer, seed)
             data = {"mask": mask} if SPECS[name].needs_mask else {}
             scores[name] = metric(model, x, attribution, target, **data).scores
         return scores

@@ -351,3 +351,26 @@ def test_image_folder_with_masks_scores_localisation_with_masks_moved_like_the_i
     with pytest.raises(ValueError, match="RandomHorizontalFlip, which dataset.mask_path cannot apply to the masks"):
         run_job(make_cfg([*base, f"dataset.transforms=[{flip},{{_target_:torchvision.transforms.ToTensor}}]"]),
                 tmp_path / "out3")
+
+
+def test_randomisation_and_robustness_metrics_re_explain_with_the_runs_analyzer(tmp_path):
+    from evaluation import MaxSensitivity, ModelParameterRandomisation
+    from xai import Gradient
+
+    folder = run_job(make_cfg([
+        "method=gradient", "dataset.limit=3", "heatmaps=3", "tracking.publish=false", "evaluation.steps=4",
+        "evaluation.metrics=[srg,max_sensitivity,model_parameter_randomisation]",
+        "+evaluation.params.max_sensitivity.nr_samples=3", "+evaluation.params.max_sensitivity.perturb_radius=0.05",
+    ]), tmp_path / "out")
+    model = load_default_model()
+    x = digits_split("test")[0][:3]
+    attribution = torch.from_numpy(folder.read_batches()["heatmap_attribution"])
+    table = pd.read_csv(folder.results / "per_sample.csv")
+    seed = 0  # the first batch's seed: cfg.seed + its plan index
+    sensitivity = MaxSensitivity(Gradient(model), perturb_radius=0.05, nr_samples=3, seed=seed)(model, x, attribution)
+    np.testing.assert_allclose(table["max_sensitivity"].to_numpy(), sensitivity.scores.numpy(), rtol=1e-5)
+    randomised = ModelParameterRandomisation(Gradient(model), seed=seed)(model, x, attribution)
+    np.testing.assert_allclose(table["model_parameter_randomisation"].to_numpy(), randomised.scores.numpy(), rtol=1e-5)
+    metrics = json.loads((folder.results / "metrics.json").read_text())
+    assert metrics["robustness/max_sensitivity"] == pytest.approx(sensitivity.scores.mean().item(), rel=1e-5)
+    assert "randomisation/model_parameter_randomisation" in metrics
