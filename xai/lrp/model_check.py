@@ -72,7 +72,7 @@ def check_modules(model: nn.Module, rules: dict[str, Rule]) -> None:
     problems = []
     layer_list = leaves(model)
     last_path = layer_list[-1][0] if layer_list else None
-    ruled_containers = []
+    ruled_containers = []  # and unsupported ones
     for path, module in model.named_modules():
         if _covered(path, ruled_containers):
             continue
@@ -84,6 +84,11 @@ def check_modules(model: nn.Module, rules: dict[str, Rule]) -> None:
             if has_children:
                 ruled_containers.append(path)
             continue
+        reason = next((why for types, why in UNSUPPORTED if isinstance(module, types)), None)
+        if reason is not None:  # also a container (MultiheadAttention): reported once, its children not
+            problems.append(_problem(path, module, reason))
+            ruled_containers.append(path)
+            continue
         if has_children:
             continue  # how a container uses its own parameters is seen by the dry run
         if isinstance(module, SOFTMAX_TYPES + (nn.Softmax2d,)):
@@ -91,8 +96,7 @@ def check_modules(model: nn.Module, rules: dict[str, Rule]) -> None:
                 "inside the model (attention?): not supported"
             problems.append(_problem(path, module, f"softmax {where}; explanations are taken on logits"))
             continue
-        reason = next((why for types, why in UNSUPPORTED if isinstance(module, types)), None)
-        if reason is None and isinstance(module, CONV_TYPES) and conv_padding(module) is None:
+        if isinstance(module, CONV_TYPES) and conv_padding(module) is None:
             reason = (f"padding={module.padding!r}, padding_mode={module.padding_mode!r} is not supported; "
                       "use zero padding")
         if reason is None and isinstance(module, LINEAR_TYPES):
