@@ -72,11 +72,12 @@ def canonical(func: Callable) -> str:
 
 
 def activations(args: tuple, kwargs: dict) -> list[Tensor]:
-    """The arguments that carry relevance: tensors that require grad (parameters are frozen during analysis)."""
+    """The arguments that carry relevance: tensors that require grad, other than parameters (those of the model
+    are frozen during analysis; a parameter from elsewhere is a constant too)."""
     found = []
     for arg in list(args) + list(kwargs.values()):
         for tensor in (arg if isinstance(arg, (list, tuple)) else [arg]):
-            if isinstance(tensor, Tensor) and tensor.requires_grad:
+            if isinstance(tensor, Tensor) and tensor.requires_grad and not isinstance(tensor, nn.Parameter):
                 found.append(tensor)
     return found
 

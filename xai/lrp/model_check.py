@@ -180,7 +180,7 @@ def trace(model: nn.Module, sample: Tensor, ruled: Collection[str] = (),
     """Run ``model`` once on ``sample`` (one input, parameters frozen) and record what LRP needs to know.
 
     ``ruled``: the paths of modules that have a rule (they are explained as a whole, what runs inside them is not
-    checked; a BatchNorm with a rule is not merged); ``functional_rules``: the functional ops that have a rule.
+    checked; a BatchNorm with a rule, or inside a module with one, is not merged); ``functional_rules``: the functional ops that have a rule.
     """
     found = Trace()
     paths = {m: p for p, m in model.named_modules()}
@@ -195,8 +195,8 @@ def trace(model: nn.Module, sample: Tensor, ruled: Collection[str] = (),
     def pre(module, args):
         stack.append((paths[module], module))
         calls[module] = calls.get(module, 0) + 1
-        if isinstance(module, BATCH_NORM_TYPES) and paths[module] not in ruled and args and \
-                id(args[0]) in linear_outputs:
+        within_rule = any(paths[m] in ruled for _, m in stack)  # explained as a whole: not merged
+        if isinstance(module, BATCH_NORM_TYPES) and not within_rule and args and id(args[0]) in linear_outputs:
             found.merged.setdefault(linear_outputs[id(args[0])][0], paths[module])
 
     def post(module, args, output):
