@@ -244,15 +244,17 @@ class SharedLinear(nn.Module):
         return self.head(self.shared(torch.relu(self.shared(x))))
 
 
-class Gated(nn.Module):
+class Product(nn.Module):
+    """A product of two activations, neither a gate (the output of a sigmoid)."""
+
     def __init__(self):
         super().__init__()
         self.value = nn.Linear(4, 4)
-        self.gate = nn.Linear(4, 4)
+        self.other = nn.Linear(4, 4)
         self.head = nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.head(self.value(x) * torch.sigmoid(self.gate(x)))
+        return self.head(self.value(x) * torch.tanh(self.other(x)))
 
 
 class FunctionalSoftmax(nn.Module):
@@ -300,8 +302,8 @@ class Scaled(nn.Module):
     (Lstm(), ["lstm (LSTM)", "recurrent"]),
     (Attention(), ["attention (MultiheadAttention)"]),
     (SharedLinear(), ["shared (Linear)", "called 2 times"]),
-    (Gated(), ["<model> (Gated)", "multiplies two activations"]),
-    (TwoLayers(nn.LayerNorm(4)), ["middle (LayerNorm)"]),
+    (Product(), ["<model> (Product)", "multiplies two activations"]),
+    (TwoLayers(nn.LocalResponseNorm(2)), ["middle (LocalResponseNorm)"]),
     (TwoLayers(Scaled()), ["middle (Scaled)", "unknown layer with parameters"]),
     (TwoLayers(nn.Sequential(nn.ReLU()), nn.Sequential(Scaled(), nn.Linear(4, 2))), ["last.0 (Scaled)"]),
     (TwoLayers(nn.ReLU(), nn.Bilinear(4, 4, 2)), ["last (Bilinear)"]),

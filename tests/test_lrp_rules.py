@@ -210,18 +210,20 @@ def test_zero_rule_drops_relevance_where_the_denominator_is_exactly_zero():
 
 
 class _ReLUsInPlace(nn.Module):
-    """A functional in-place ReLU (its gradient applies) and a ReLU module (Pass rule)."""
+    """A functional in-place ReLU (it gets the Pass rule of its module form) and a ReLU module (Pass rule); with
+    ``as_modules`` the functional ReLU is a module too (``relu1``), which Zennit can see."""
 
-    def __init__(self):
+    def __init__(self, as_modules: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
         self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
         self.relu = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(6, 4, 3, padding=1)
         self.fc = nn.Linear(4 * 8 * 8, 5)
+        self.relu1 = nn.ReLU(inplace=True) if as_modules else None
 
     def forward(self, x):
-        x = torch.nn.functional.relu(self.conv1(x), inplace=True)
+        x = self.relu1(self.conv1(x)) if self.relu1 is not None else torch.nn.functional.relu(self.conv1(x), True)
         x = self.relu(self.conv2(x))
         return self.fc(self.conv3(x).flatten(1))
 
@@ -230,18 +232,22 @@ class _ReLUsInPlace(nn.Module):
                                         ("ZPlus", "Gamma", "Flat")], ids="-".join)
 def test_in_place_relus_equal_zennit(conv_rules):
     """In-place ReLUs stay in place where no rule keeps their input (Gamma, ZPlus, Flat below them); the relevance
-    must not change. A Flat layer above a ReLU puts relevance where it outputs 0, where the functional ReLU's
-    gradient (Zennit: no rule) and the module's Pass rule differ."""
+    must not change. A Flat layer above a ReLU puts relevance where it outputs 0, where a ReLU's gradient and its
+    Pass rule differ: the functional ReLU must get the Pass rule, as Zennit's ReLU module does (Zennit cannot see a
+    functional ReLU, so it runs on the same weights with the ReLU as a module)."""
     torch.manual_seed(7)
     model = _ReLUsInPlace().double().eval()
+    as_modules = _ReLUsInPlace(as_modules=True).double().eval()
+    as_modules.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     names = ["conv1", "conv2", "conv3"]
     ours = {name: RULES[rule][0]() for name, rule in zip(names, conv_rules)} | {"fc": EpsilonRule(), "relu": PassRule()}
-    theirs = {name: RULES[rule][1]() for name, rule in zip(names, conv_rules)} | {"fc": zr.Epsilon(), "relu": zr.Pass()}
-    handles = [theirs[name].register(getattr(model, name)) for name in theirs]
+    theirs = {name: RULES[rule][1]() for name, rule in zip(names, conv_rules)} | {"fc": zr.Epsilon(), "relu": zr.Pass(),
+                                                                                 "relu1": zr.Pass()}
+    handles = [theirs[name].register(getattr(as_modules, name)) for name in theirs]
     try:
         x_grad = x.clone().requires_grad_(True)
-        output = model(x_grad)
+        output = as_modules(x_grad)
         (expected,) = torch.autograd.grad(output, x_grad, torch.eye(5, dtype=torch.float64)[[1, 3]])
     finally:
         for handle in handles:

@@ -4,7 +4,10 @@ Building blocks: ``ByType`` (layer type), ``FirstLayer`` (the first layer of a t
 shell-style wildcards), ``IndexRange`` (the k-th linear layer for k in a range). Layers are visited in definition
 order (``model.named_modules()``), as Zennit does. Every composite ends with the structural defaults that all of
 Zennit's composites share: ``PassRule`` on element-wise activations and ``NormRule`` on average pooling (and on
-residual sums, see ``LRP``); BatchNorm is merged into the layer before it.
+residual sums, see ``LRP``); BatchNorm is merged into the layer before it. Beyond Zennit: ``LayerNormRule`` on
+LayerNorm/GroupNorm/RMSNorm and ``GateRule`` on products of an activation and a gate (squeeze-excitation).
+Functional ops in ``forward`` (``F.relu``, ``x.mean((2, 3))``) get the rule of their module form
+(``rule_for_type``).
 
 A custom composite in a few lines::
 
@@ -18,7 +21,8 @@ from torch import nn
 
 from xai.lrp.canonize import CONV_TYPES, LINEAR_TYPES
 from xai.lrp.rules import (
-    AlphaBetaRule, EpsilonRule, FlatRule, GammaRule, NormRule, PassRule, Rule, ZBoxRule, ZPlusRule,
+    AlphaBetaRule, EpsilonRule, FlatRule, GammaRule, GateRule, LayerNormRule, NormRule, PassRule, ProductRule, Rule,
+    ZBoxRule, ZPlusRule,
 )
 from xai.validation import finite_number
 
@@ -30,6 +34,9 @@ ACTIVATION_TYPES = (
 )
 AVG_POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
                   nn.AdaptiveAvgPool3d)
+# Normalisations whose scale LRP treats as a constant (``LayerNormRule``); subclasses (timm's and torchvision's
+# LayerNorm2d, timm's GroupNorm1) included.
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 Matcher = Callable[[str, nn.Module], bool]
 
@@ -136,8 +143,22 @@ class Composite:
         """The rule for residual additions a + b: each summand's share of the sum."""
         return NormRule(self.stabilizer)
 
+    @property
+    def product_rule(self) -> ProductRule:
+        """The rule for products of an activation and a gate (``x * sigmoid(s(x))``)."""
+        return GateRule()
+
     def structural_entries(self) -> list[Entry]:
-        return [ByType(ACTIVATION_TYPES, PassRule()), ByType(AVG_POOL_TYPES, NormRule(self.stabilizer))]
+        return [ByType(ACTIVATION_TYPES, PassRule()), ByType(AVG_POOL_TYPES, NormRule(self.stabilizer)),
+                ByType(NORM_TYPES, LayerNormRule(self.stabilizer))]
+
+    def rule_for_type(self, module_type: type[nn.Module]) -> Rule | None:
+        """The rule of the first by-type entry that covers ``module_type``: what a functional op gets whose module
+        form is ``module_type`` (``F.relu``: ``nn.ReLU``)."""
+        for entry in self.entries + self.structural_entries():
+            if isinstance(entry, ByType) and issubclass(module_type, entry.types):
+                return entry.rule
+        return None
 
     def rules_for(self, model: nn.Module) -> dict[str, Rule]:
         """The rule of each leaf module that gets one, keyed by its path."""
@@ -218,7 +239,7 @@ def default_composite() -> Composite:
 
 
 __all__ = [
-    "ACTIVATION_TYPES", "AVG_POOL_TYPES", "ByName", "ByType", "Composite", "EpsilonAlpha2Beta1",
+    "ACTIVATION_TYPES", "AVG_POOL_TYPES", "NORM_TYPES", "ByName", "ByType", "Composite", "EpsilonAlpha2Beta1",
     "EpsilonAlpha2Beta1Flat", "EpsilonGammaBox", "EpsilonPlus", "EpsilonPlusFlat", "FirstLayer", "IndexRange",
     "default_composite",
 ]

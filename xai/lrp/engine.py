@@ -8,9 +8,13 @@ winner takes all; Flatten, Dropout, reshapes) route it with their plain gradient
 gradient is never computed and thrown away, its forward is not recomputed for rules that can reuse its output,
 and modified weights (W+, W + gamma W+, merged BatchNorm) are computed once per analyzer and cached.
 
-Residual additions ``a + b`` of two activations, also written as a functional ``+``/``+=`` inside ``forward``
-(torchvision's ResNet), are caught by a ``TorchFunctionMode`` and split in proportion to the summands (Zennit's
-Norm rule on its ``Sum`` layer), so relevance is never duplicated.
+Functional ops inside ``forward`` are caught by a ``TorchFunctionMode`` and get the rule of their module form
+(``xai.lrp.functional``): ``F.relu`` that of ``nn.ReLU``, ``F.adaptive_avg_pool2d`` and ``x.mean((2, 3))`` that of
+average pooling, ``F.layer_norm`` that of ``nn.LayerNorm``. Residual additions ``a + b`` of two activations (also a
+functional ``+``/``+=``, as in torchvision's ResNet) are split in proportion to the summands (Zennit's Norm rule on
+its ``Sum`` layer), so relevance is never duplicated; an activation times a constant keeps its relevance, an
+activation times a gate gets the composite's product rule. Inside a module that has a rule nothing is intercepted:
+the rule replaces the module as a whole. timm's norm-act modules are merged at their ``F.batch_norm`` call.
 """
 import weakref
 
@@ -22,9 +26,11 @@ from torch.overrides import TorchFunctionMode
 from xai.analyzer import Analyzer, check_output
 from xai.lrp.canonize import BATCH_NORM_TYPES, AffineLayer
 from xai.lrp.composites import Composite, default_composite
-from xai.lrp.model_check import ADVICE, Trace, check_modules, trace
 from xai.errors import UnsupportedModelError
-from xai.lrp.rules import LayerOutput, LinearRule, PassRule, Rule, signed_epsilon
+from xai.lrp.functional import (GATE_OPS, GATE_TYPES, MODULE_FORMS, FunctionalCall, Kind, canonical, classify,
+                                out_of_place)
+from xai.lrp.model_check import ADVICE, Trace, check_modules, is_norm_act, trace
+from xai.lrp.rules import GateRule, LayerOutput, LinearRule, PassRule, ProductRule, Rule, signed_epsilon
 from xai.targets import Target, one_hot_at, resolve_target
 from xai.validation import module_at
 
@@ -72,7 +78,9 @@ class _ModuleRelevance(torch.autograd.Function):
 
 
 class _ProportionalSum(torch.autograd.Function):
-    """a + b whose backward gives each summand its share: R_a = a R / stab(a + b), R_b = b R / stab(a + b)."""
+    """a + b whose backward gives each summand its share: R_a = a R / stab(a + b), R_b = b R / stab(a + b).
+
+    A constant summand (a bias added in ``forward``) absorbs its share, as a layer's bias does."""
 
     @staticmethod
     def forward(ctx, a, b, stabilizer):
@@ -90,38 +98,113 @@ class _ProportionalSum(torch.autograd.Function):
         return torch.mul(a, s, out=shift).sum_to_size(a.shape), s.mul_(b).sum_to_size(b.shape), None
 
 
+class _ProductRelevance(torch.autograd.Function):
+    """value * gate (computed already, ``output``) whose backward is the product rule's split of the relevance."""
+
+    @staticmethod
+    def forward(ctx, value, gate, output, rule: ProductRule):
+        ctx.rule, ctx.shapes = rule, (value.shape, gate.shape if isinstance(gate, Tensor) else None)
+        return output
+
+    @staticmethod
+    def backward(ctx, relevance):
+        on_value, on_gate = ctx.rule.split(relevance, *ctx.shapes)
+        return on_value, on_gate, None, None
+
+
 class _RelevanceForward(TorchFunctionMode):
-    """During the LRP forward pass: additions of two activations become proportional sums, and in-place ops on
-    activations (``F.relu(x, inplace=True)``, ``x += y``) run out of place, because the rules keep their inputs.
-    The callers use the returned tensor (``+=`` rebinds the name), so the result is the same. The exception: an
-    in-place ReLU on a layer output that no rule keeps exactly stays in place (``_Rectifiable.relu_in_place``)."""
+    """During the LRP forward pass, outside the modules that have a rule: functional ops get the rule of their
+    module form, sums of activations become proportional sums, products with constants and gates get their rules
+    (``xai.lrp.functional.classify``); a norm-act module's ``F.batch_norm`` is merged (``batch_norm_handler``).
+    Everywhere: in-place ops on activations (``F.relu(x, inplace=True)``, ``x += y``) run out of place, because the
+    rules keep their inputs. The callers use the returned tensor (``+=`` rebinds the name), so the result is the
+    same. The exception: an in-place ReLU on a layer output that no rule keeps exactly stays in place
+    (``_Rectifiable.relu_in_place``)."""
 
-    _ADD = {"add", "__add__", "__radd__", "add_", "__iadd__"}
-
-    def __init__(self, stabilizer: float, rectifiable: "_Rectifiable"):
+    def __init__(self, stabilizer: float, rectifiable: "_Rectifiable", functional_rules: dict[str, Rule],
+                 product_rule: ProductRule):
         super().__init__()
         self.stabilizer = stabilizer
         self.rectifiable = rectifiable
+        self.functional_rules = functional_rules
+        self.product_rule = product_rule
+        self.opaque_depth = 0  # > 0 while a module with a rule runs
+        self.batch_norm_handler = None  # set while a norm-act module runs: what to do with its F.batch_norm
+        self._gates: dict[int, weakref.ref] = {}
+
+    def add_gate(self, tensor: Tensor) -> None:
+        self._gates[id(tensor)] = weakref.ref(tensor)
+
+    def _is_gate(self, tensor) -> bool:
+        ref = self._gates.get(id(tensor))
+        return ref is not None and ref() is tensor
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
         if not torch.is_grad_enabled() or "out" in kwargs or not args:
             return func(*args, **kwargs)
-        if name in self._ADD and len(args) == 2:
-            a, b = args
-            if isinstance(a, Tensor) and isinstance(b, Tensor) and a.requires_grad and b.requires_grad:
+        if self.opaque_depth == 0:
+            name = canonical(func)
+            if name == "batch_norm" and self.batch_norm_handler is not None:
+                handler, self.batch_norm_handler = self.batch_norm_handler, None
+                return handler(args[0], func(*args, **kwargs))
+            kind = classify(name, args, kwargs)
+            if kind is Kind.RULE and name in self.functional_rules:
+                return self._rule(func, name, args, kwargs)
+            if kind is Kind.SUM:
+                a, b = args
                 alpha = kwargs.get("alpha", 1)
+                if not isinstance(b, Tensor):
+                    b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
+                elif not isinstance(a, Tensor):
+                    a = torch.as_tensor(a, dtype=b.dtype, device=b.device)
                 return _ProportionalSum.apply(a, b if alpha == 1 else alpha * b, self.stabilizer)
+            if kind in (Kind.SCALE, Kind.PRODUCT):
+                return self._product(func, args, kwargs, kind)
         if isinstance(args[0], Tensor) and args[0].requires_grad:
             if kwargs.get("inplace") is True:  # F.relu(x, inplace=True) and friends
-                if func is F.relu and self.rectifiable.relu_in_place(args[0]):
+                if func is F.relu and self.rectifiable.relu_in_place(args[0], self.rectifiable.relu_rule):
                     return args[0]
                 return func(*args, **{**kwargs, "inplace": False})
+            name = getattr(func, "__name__", "")
             out_of_place = getattr(Tensor, name[:-1], None) if name.endswith("_") and name[0] != "_" else None
             if out_of_place is not None:
                 return out_of_place(*args, **kwargs)
         return func(*args, **kwargs)
+
+    def _rule(self, func, name: str, args: tuple, kwargs: dict) -> Tensor:
+        """A functional op with the rule of its module form, as its module's hook would apply it."""
+        x, rule = args[0], self.functional_rules[name]
+        in_place = kwargs.get("inplace") is True or getattr(func, "__name__", "").endswith("_")
+        if name == "relu" and in_place and self.rectifiable.relu_in_place(x, rule):
+            return x
+        call = FunctionalCall(func, args, kwargs)
+        with torch.no_grad():
+            output = call.forward(x)
+        if name == "relu":
+            self.rectifiable.rectified(x, output)
+        result = _ModuleRelevance.apply(x, output, call, rule)
+        if name in GATE_OPS:
+            self.add_gate(result)
+        return result
+
+    def _product(self, func, args: tuple, kwargs: dict, kind: Kind) -> Tensor:
+        """An activation times a constant (its relevance kept), or times a gate (the composite's product rule)."""
+        first, second = args
+        if kind is Kind.SCALE:
+            carrying_first = isinstance(first, Tensor) and first.requires_grad
+            value, gate, rule = (first, second, GateRule()) if carrying_first else (second, first, GateRule())
+        elif self._is_gate(second) != self._is_gate(first):
+            value, gate, rule = (first, second, self.product_rule) if self._is_gate(second) else \
+                (second, first, self.product_rule)
+        else:  # refused by the model check
+            return func(*args, **kwargs)
+        op, op_kwargs = out_of_place(func, kwargs)
+        with torch.no_grad():
+            output = op(*args, **op_kwargs)
+        if kind is Kind.PRODUCT:
+            return _ProductRelevance.apply(value, gate, output, rule)
+        return _ProductRelevance.apply(value, None, output, rule)
 
 
 class LRP(Analyzer):
@@ -168,13 +251,23 @@ class LRP(Analyzer):
                     break
         return found
 
+    def functional_rules(self) -> dict[str, Rule]:
+        """The rule of each functional op (``xai.lrp.functional.MODULE_FORMS``): that of its module form, from the
+        user's rules by type, else from the composite."""
+        found = {}
+        for name, module_type in MODULE_FORMS.items():
+            rule = self.rules.get(module_type) or self.composite.rule_for_type(module_type)
+            if rule is not None:
+                found[name] = rule
+        return found
+
     def _check_model(self) -> None:
         check_modules(self.model, self.layer_rules())
 
     def _trace(self, x: Tensor) -> Trace:
         key = (tuple(x.shape[1:]), x.dtype, x.device, tuple(id(m) for m in self.model.modules()))
         if key not in self._traces:
-            self._traces[key] = trace(self.model, x[:1])
+            self._traces[key] = trace(self.model, x[:1], set(self.layer_rules()), set(self.functional_rules()))
         return self._traces[key]
 
     def _affine(self, module: nn.Module, batch_norm: nn.Module | None) -> AffineLayer:
@@ -185,22 +278,40 @@ class LRP(Analyzer):
         layer.refresh()
         return layer
 
-    def _hooks(self, found: Trace, rectifiable: "_Rectifiable") -> list:
-        """Forward hooks that put each layer's rule into the graph; BatchNorms merged into their layer pass."""
+    def _hooks(self, found: Trace, rectifiable: "_Rectifiable", mode: _RelevanceForward) -> list:
+        """Forward hooks that put each layer's rule into the graph; BatchNorms merged into their layer pass. A module
+        with a rule is explained as a whole: nothing inside it is hooked."""
         modules = dict(self.model.named_modules())
         rules = self.layer_rules()
         merged_into = {bn: lin for lin, bn in found.merged.items()}
+        ruled_containers = []
         handles = []
         for path, module in modules.items():
+            if any(path.startswith(prefix + ".") for prefix in ruled_containers):
+                continue
+            rule = rules.get(path)
+            if rule is not None and any(True for _ in module.children()):
+                ruled_containers.append(path)
+            if rule is None and is_norm_act(module):
+                linear_path = merged_into.get(path)
+                linear_rule = rules.get(linear_path) if linear_path is not None else None
+                merged = None
+                if isinstance(linear_rule, LinearRule):
+                    linear = modules[linear_path]
+                    merged = (linear, self._affine(linear, module), linear_rule, rectifiable)
+                handles += _norm_act_hooks(module, mode, merged)
+                continue
             if path in merged_into:
                 continue  # part of its Linear/Conv's rule
-            rule = rules.get(path)
             if isinstance(module, BATCH_NORM_TYPES):
                 rule = rule or PassRule()  # Zennit's composites pass a BatchNorm that follows no Linear/Conv
             if rule is None:
                 continue
             if not isinstance(rule, LinearRule):
-                handles += _module_hooks(module, rule, rectifiable)
+                handles += _module_hooks(module, rule, rectifiable, mode)
+            elif path in found.merged and is_norm_act(modules[found.merged[path]]) and \
+                    found.merged[path] not in rules:
+                continue  # hooked with its norm-act module
             elif path in found.merged:
                 batch_norm = modules[found.merged[path]]
                 handles += _merged_hooks(module, batch_norm, self._affine(module, batch_norm), rule, rectifiable)
@@ -217,13 +328,15 @@ class LRP(Analyzer):
         inplace = [m for m in self.model.modules()
                    if getattr(m, "inplace", False) is True and not isinstance(m, nn.ReLU)]
         rectifiable = _Rectifiable()
+        mode = _RelevanceForward(self.composite.stabilizer, rectifiable, self.functional_rules(),
+                                 self.composite.product_rule)
         handles = []
         try:
             for m in inplace:
                 m.inplace = False
-            handles = self._hooks(found, rectifiable)
+            handles = self._hooks(found, rectifiable, mode)
             x = x.detach().requires_grad_(True)
-            with torch.enable_grad(), _RelevanceForward(self.composite.stabilizer, rectifiable):
+            with torch.enable_grad(), mode:
                 output = self.model(x)
             rectifiable.forward_done()
         finally:
@@ -282,19 +395,19 @@ class _Rectifiable:
         if layer_output is not None:
             self._mark_rectified(layer_output, relu_output)
 
-    def relu_in_place(self, tensor: Tensor) -> bool:
+    def relu_in_place(self, tensor: Tensor, rule: Rule | None) -> bool:
         """Apply an in-place ReLU in place if no rule keeps ``tensor`` exactly; else False, nothing done.
 
-        In a ReLU module with the Pass rule it runs outside autograd (the rule replaces the ReLU's gradient); as a
-        functional ReLU in ``forward()`` through autograd, so that its gradient applies, as in Zennit.
+        With the Pass rule (a ReLU module's, or a functional ReLU's) it runs outside autograd (the rule replaces
+        the ReLU's gradient); without a rule (inside a module explained as a whole) through autograd.
         """
-        if self.relu_rule is not None and not isinstance(self.relu_rule, PassRule):
+        if rule is not None and not isinstance(rule, PassRule):
             return False
         layer_output = self._pop(tensor)
         ref = self._unkept.pop(id(tensor), None)
         if layer_output is None and (ref is None or ref() is not tensor):
             return False
-        if self.relu_rule is None:
+        if rule is None:
             torch.relu_(tensor)
         else:
             tensor.detach().relu_()
@@ -342,19 +455,58 @@ def _merged_hooks(linear: nn.Module, batch_norm: nn.Module, layer: AffineLayer, 
     return [linear.register_forward_hook(linear_hook), batch_norm.register_forward_hook(batch_norm_hook)]
 
 
-def _module_hooks(module: nn.Module, rule: Rule, rectifiable: _Rectifiable) -> list:
-    is_relu = isinstance(module, nn.ReLU)
+def _norm_act_hooks(norm_act: nn.Module, mode: _RelevanceForward,
+                    merged: tuple[nn.Module, AffineLayer, LinearRule, _Rectifiable] | None) -> list:
+    """timm's norm-act module (``BatchNormAct2d``): its ``F.batch_norm`` call is the BatchNorm, merged into the
+    Linear/Conv before it (``merged``: that layer, the merged layer, its rule) or else passed; its children
+    (activation, dropout) have hooks of their own."""
+    if merged is None:
+        def handler(x, output):
+            return _ModuleRelevance.apply(x, output.detach(), None, PassRule())
+        handles = []
+    else:
+        linear, layer, rule, rectifiable = merged
+        inputs = []
+
+        def linear_hook(module, args, output):
+            inputs.append(args[0])
+            return output.detach()
+
+        def handler(x, output):
+            return rectifiable.relevance(inputs.pop(), output.detach(), layer, rule)
+
+        handles = [linear.register_forward_hook(linear_hook)]
 
     def pre_hook(module, args):
-        rectifiable.relu_rule = rule
+        mode.batch_norm_handler = handler
 
     def hook(module, args, output):
+        mode.batch_norm_handler = None
+
+    return handles + [norm_act.register_forward_pre_hook(pre_hook), norm_act.register_forward_hook(hook)]
+
+
+def _module_hooks(module: nn.Module, rule: Rule, rectifiable: _Rectifiable, mode: _RelevanceForward) -> list:
+    """The rule replaces the module as a whole: nothing inside it is intercepted (``opaque_depth``)."""
+    is_relu = isinstance(module, nn.ReLU)
+    is_gate = isinstance(module, GATE_TYPES)
+
+    def pre_hook(module, args):
+        mode.opaque_depth += 1
+        if is_relu:
+            rectifiable.relu_rule = rule
+
+    def hook(module, args, output):
+        mode.opaque_depth -= 1
         if is_relu:
             rectifiable.relu_rule = None
             rectifiable.rectified(args[0], output.detach())
-        return _ModuleRelevance.apply(args[0], output.detach(), module, rule)
+        result = _ModuleRelevance.apply(args[0], output.detach(), module, rule)
+        if is_gate:
+            mode.add_gate(result)
+        return result
 
-    return [module.register_forward_hook(hook)] + ([module.register_forward_pre_hook(pre_hook)] if is_relu else [])
+    return [module.register_forward_hook(hook), module.register_forward_pre_hook(pre_hook)]
 
 
 __all__ = ["LRP"]

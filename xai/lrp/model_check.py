@@ -1,29 +1,37 @@
 """Can LRP explain this model? A static scan of the modules and a traced dry run, before any relevance is computed.
 
 The static scan (``check_modules``) needs no input: recurrent layers, attention, transformers, softmax layers,
-normalisations other than BatchNorm, unknown layers with parameters and parameters used directly in a container's
-``forward`` are rejected unless the user gave the layer a rule. The dry run (``trace``, one sample, cached per
-input shape by ``LRP``) sees what only execution shows: a layer called twice (shared weights), a functional
-softmax at the output, products of two activations (gating, attention), and which BatchNorm directly consumes
-the output of which Linear/Conv (the pairs ``LRP`` merges; execution order, not definition order).
+normalisations without a rule (InstanceNorm, LocalResponseNorm) and unknown layers with parameters are rejected
+unless the user gave the layer a rule; a module with a user-given rule is covered as a whole (its children are not
+checked). The dry run (``trace``, one sample, cached per input shape by ``LRP``) sees what only execution shows: a
+layer called twice (shared weights), a functional softmax at the output, every functional op on an activation
+outside the modules that have a rule (``xai.lrp.functional.classify``: an op without a rule, or a product of two
+activations that is not an activation times a gate, is refused, naming the module whose ``forward`` calls it), and
+which BatchNorm directly consumes the output of which Linear/Conv (the pairs ``LRP`` merges; execution order, not
+definition order). timm's norm-act modules (BatchNorm + activation in one module) merge like a BatchNorm.
 """
 from dataclasses import dataclass, field
+from typing import Collection
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from xai.errors import Problem, UnsupportedModelError
 from xai.lrp.canonize import BATCH_NORM_TYPES, CONV_TYPES, LINEAR_TYPES, conv_padding
 from xai.lrp.composites import leaves
-from xai.errors import UnsupportedModelError
+from xai.lrp.functional import GATE_OPS, GATE_TYPES, Kind, canonical, classify
 from xai.lrp.rules import Rule
 from xai.softmax import SOFTMAX_TYPES
 from xai.validation import forward
 
 ADVICE = (
-    "What to do: remove a softmax at the output with xai.strip_softmax(model); give a layer a rule with "
-    "LRP(model, composite, rules={'<path>': rule}) (e.g. xai.rules.NormRule() for a custom layer, or your own "
-    "xai.rules.Rule subclass); or explain the model with a gradient-based method (xai.Gradient)."
+    "What to do: give the module a rule, for every module of its type with LRP(model, composite, "
+    "rules={ModuleType: rule}) or for one with rules={'<path>': rule} (xai.rules.PassRule() passes relevance "
+    "through unchanged, xai.rules.NormRule() redistributes in proportion to the inputs' contributions; or your own "
+    "xai.rules.Rule subclass): a module with a rule is explained by that rule as a whole. A softmax at the output: "
+    "remove it with xai.strip_softmax(model). Or explain the model with a gradient-based method (xai.Gradient, "
+    "xai.IntegratedGradients; in the pipeline method=gradient or method=integrated_gradients)."
 )
 
 # Routing layers whose plain gradient is already the LRP redistribution (winner takes all, reshape, identity).
@@ -39,45 +47,56 @@ UNSUPPORTED = (
     ((nn.RNNCellBase,), "recurrent cell: LRP rules for its gates are not implemented"),
     ((nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder,
       nn.TransformerEncoderLayer, nn.TransformerDecoderLayer), "attention: needs AttnLRP rules (not implemented)"),
-    ((nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm),
-     "normalisation layer without an LRP rule (only BatchNorm after a Linear/Conv is merged)"),
+    ((nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm),
+     "normalisation layer without an LRP rule (BatchNorm is merged, LayerNorm/GroupNorm/RMSNorm get LayerNormRule)"),
     ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear, nn.Embedding, nn.EmbeddingBag),
      "layer type without an LRP rule here"),
 )
 
-_PRODUCT_OPS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__", "matmul", "__matmul__", "__rmatmul__", "bmm",
-                "einsum", "div", "__truediv__", "__rtruediv__", "div_", "baddbmm", "scaled_dot_product_attention"}
-_SOFTMAX_OPS = {"softmax", "log_softmax", "softmin"}
+
+def _problem(path: str, module: nn.Module, reason: str) -> Problem:
+    return Problem(path, type(module).__name__, reason)
 
 
-def _problem(path: str, module: nn.Module, reason: str) -> str:
-    return f"{path or '<model>'} ({type(module).__name__}): {reason}"
+def is_norm_act(module: nn.Module) -> bool:
+    """A BatchNorm with children (timm's ``BatchNormAct2d``: F.batch_norm, then its ``drop`` and ``act`` children)."""
+    return isinstance(module, BATCH_NORM_TYPES) and any(True for _ in module.children())
+
+
+def _covered(path: str, ruled_containers: list[str]) -> bool:
+    return any(path.startswith(prefix + ".") for prefix in ruled_containers)
 
 
 def check_modules(model: nn.Module, rules: dict[str, Rule]) -> None:
-    """Raise ``UnsupportedModelError`` for every module LRP cannot handle that has no user-given rule."""
+    """Raise ``UnsupportedModelError`` for every module LRP cannot handle that has no rule (``rules``: by path)."""
     problems = []
     layer_list = leaves(model)
     last_path = layer_list[-1][0] if layer_list else None
+    ruled_containers = []  # and unsupported ones
     for path, module in model.named_modules():
-        has_children = any(True for _ in module.children())
-        if has_children:
-            if any(True for _ in module.parameters(recurse=False)):
-                problems.append(_problem(path, module, "uses its own parameters directly in forward() (e.g. a "
-                                         "class token or a scale); LRP cannot see that operation"))
+        if _covered(path, ruled_containers):
             continue
+        has_children = any(True for _ in module.children())
         if path in rules:
             reason = rules[path].check_module(module)
             if reason:
                 problems.append(_problem(path, module, f"{rules[path]!r} cannot be used here: {reason}"))
+            if has_children:
+                ruled_containers.append(path)
             continue
+        reason = next((why for types, why in UNSUPPORTED if isinstance(module, types)), None)
+        if reason is not None:  # also a container (MultiheadAttention): reported once, its children not
+            problems.append(_problem(path, module, reason))
+            ruled_containers.append(path)
+            continue
+        if has_children:
+            continue  # how a container uses its own parameters is seen by the dry run
         if isinstance(module, SOFTMAX_TYPES + (nn.Softmax2d,)):
             where = "at the output: strip it with xai.strip_softmax(model)" if path == last_path else \
                 "inside the model (attention?): not supported"
             problems.append(_problem(path, module, f"softmax {where}; explanations are taken on logits"))
             continue
-        reason = next((why for types, why in UNSUPPORTED if isinstance(module, types)), None)
-        if reason is None and isinstance(module, CONV_TYPES) and conv_padding(module) is None:
+        if isinstance(module, CONV_TYPES) and conv_padding(module) is None:
             reason = (f"padding={module.padding!r}, padding_mode={module.padding_mode!r} is not supported; "
                       "use zero padding")
         if reason is None and isinstance(module, LINEAR_TYPES):
@@ -97,65 +116,100 @@ class Trace:
     consumer of the layer's output), and the problems found."""
 
     merged: dict[str, str] = field(default_factory=dict)  # linear path -> batch norm path
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
 
 class _OpWatch(TorchFunctionMode):
-    """Records functional products of two activations and softmaxes, with the module that ran them."""
+    """Records, with the module whose forward runs them, the functional ops on activations LRP has no rule for,
+    products that are not gated, softmaxes, and who reads each Linear/Conv output."""
 
-    def __init__(self, stack: list[tuple[str, nn.Module]], linear_outputs: dict[int, tuple[str, Tensor]]):
+    def __init__(self, stack: list[tuple[str, nn.Module]], linear_outputs: dict[int, tuple[str, Tensor]],
+                 opaque: set[nn.Module], functional_rules: Collection[str]):
         super().__init__()
         self.stack = stack
+        self.opaque = opaque
+        self.functional_rules = functional_rules
         self.softmax_results: dict[int, tuple[str, nn.Module, Tensor]] = {}
-        self.products: list[tuple[str, nn.Module, str]] = []
+        self.refused: dict[tuple[str, str], nn.Module] = {}  # (path, reason) -> module, each once
         self.linear_outputs = linear_outputs  # id -> (path, output) of the Linear/Conv outputs so far
         self.readers: dict[str, int] = {}  # Linear/Conv path -> how many ops took its output as an argument
+        self.gates: dict[int, Tensor] = {}  # outputs of sigmoids, kept alive: ids stay unique
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
-        name = getattr(func, "__name__", "")
         if isinstance(result, Tensor):  # a consumer of its tensor arguments (not .size(), .dim(), ...)
             for arg in list(args) + list(kwargs.values()):
                 for tensor in (arg if isinstance(arg, (list, tuple)) else [arg]):
                     path, output = self.linear_outputs.get(id(tensor), (None, None))
                     if output is tensor:
                         self.readers[path] = self.readers.get(path, 0) + 1
-        where = self.stack[-1] if self.stack else ("", None)
-        if name in _PRODUCT_OPS:
-            carrying = [a for a in list(args) + list(kwargs.values())
-                        if isinstance(a, Tensor) and a.requires_grad]
-            if len(carrying) >= 2 and torch.is_grad_enabled():
-                self.products.append((*where, name))
-        elif name in _SOFTMAX_OPS and isinstance(result, Tensor) and result.requires_grad:
-            self.softmax_results[id(result)] = (*where, result)
+        if not torch.is_grad_enabled() or not _carries(result) or any(m in self.opaque for _, m in self.stack):
+            return result  # relevance cannot flow through a result without grad (sizes, masks, argmax)
+        path, module = self.stack[-1] if self.stack else ("", None)
+        name = canonical(func)
+        if name == "batch_norm" and isinstance(module, BATCH_NORM_TYPES):
+            return result  # a norm-act module's own BatchNorm: merged or passed by the engine
+        kind = classify(name, args, kwargs)
+        if kind is Kind.RULE and name not in self.functional_rules:
+            self.refused[path, f"calls {name} on an activation, and the composite has no rule for its module "
+                         "form"] = module
+        elif kind is Kind.RULE and name in GATE_OPS:
+            self.gates[id(result)] = result
+        elif (kind is Kind.PRODUCT and not self.is_gated(args)) or kind is Kind.MATMUL:
+            self.refused[path, f"multiplies two activations ({name}), not an activation and a gate (the output of a "
+                         "sigmoid): LRP rules for such products (attention) are not implemented"] = module
+        elif kind is Kind.SOFTMAX and isinstance(result, Tensor):
+            self.softmax_results[id(result)] = (path, module, result)
+        elif kind is Kind.UNKNOWN:
+            self.refused[path, f"calls {name} on an activation in forward(): LRP has no rule for this "
+                         "operation"] = module
         return result
 
+    def is_gated(self, args) -> bool:
+        return len(args) == 2 and sum(self.gates.get(id(a)) is a for a in args) == 1
 
-def trace(model: nn.Module, sample: Tensor) -> Trace:
-    """Run ``model`` once on ``sample`` (one input, parameters frozen) and record what LRP needs to know."""
+
+def _carries(result) -> bool:
+    items = result if isinstance(result, (list, tuple)) else [result]
+    return any(isinstance(t, Tensor) and t.requires_grad for t in items)
+
+
+def trace(model: nn.Module, sample: Tensor, ruled: Collection[str] = (),
+          functional_rules: Collection[str] = ()) -> Trace:
+    """Run ``model`` once on ``sample`` (one input, parameters frozen) and record what LRP needs to know.
+
+    ``ruled``: the paths of modules that have a rule (they are explained as a whole, what runs inside them is not
+    checked; a BatchNorm with a rule, or inside a module with one, is not merged); ``functional_rules``: the functional ops that have a rule.
+    """
     found = Trace()
     paths = {m: p for p, m in model.named_modules()}
+    opaque = {m for m, p in paths.items()
+              if p in ruled or isinstance(m, GRADIENT_TYPES) or (isinstance(m, BATCH_NORM_TYPES) and not is_norm_act(m))}
     stack: list[tuple[str, nn.Module]] = []
     calls: dict[nn.Module, int] = {}
     linear_outputs: dict[int, tuple[str, Tensor]] = {}  # id -> (path, output), kept alive: ids stay unique
+    watch = _OpWatch(stack, linear_outputs, opaque, functional_rules)
+    sample = sample.detach().requires_grad_(True)
 
     def pre(module, args):
         stack.append((paths[module], module))
         calls[module] = calls.get(module, 0) + 1
-        if isinstance(module, BATCH_NORM_TYPES) and args and id(args[0]) in linear_outputs:
+        within_rule = any(paths[m] in ruled for _, m in stack)  # explained as a whole: not merged
+        if isinstance(module, BATCH_NORM_TYPES) and not within_rule and args and id(args[0]) in linear_outputs:
             found.merged.setdefault(linear_outputs[id(args[0])][0], paths[module])
 
     def post(module, args, output):
         stack.pop()
         if isinstance(module, LINEAR_TYPES) and isinstance(output, Tensor):
             linear_outputs[id(output)] = (paths[module], output)
+        if isinstance(module, GATE_TYPES) and isinstance(output, Tensor):
+            watch.gates[id(output)] = output
 
     handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
-    watch = _OpWatch(stack, linear_outputs)
     try:
         with torch.enable_grad(), watch:
-            output = forward(model, sample.detach().requires_grad_(True))  # LRP's own check reads the output
+            output = forward(model, sample)  # LRP's own check reads the output
     finally:
         for h in handles:
             h.remove()
@@ -166,10 +220,10 @@ def trace(model: nn.Module, sample: Tensor) -> Trace:
         if count > 1 and any(True for _ in module.parameters(recurse=False)):
             found.problems.append(_problem(paths[module], module, f"called {count} times in one forward pass "
                                            "(shared weights); use a separate module for each use"))
-    for path, module, op in watch.products:
-        found.problems.append(_problem(path, module, f"multiplies two activations ({op}: gating or attention); "
-                                       "LRP rules for products are not implemented"))
+    for (path, reason), module in watch.refused.items():
+        found.problems.append(_problem(path, module if module is not None else model, reason))
     for path, module, result in watch.softmax_results.values():
         where = "at the output: strip it (return logits)" if result is output else "inside the model: not supported"
-        found.problems.append(_problem(path, module, f"functional softmax {where}; explanations are taken on logits"))
+        found.problems.append(_problem(path, module if module is not None else model,
+                                       f"functional softmax {where}; explanations are taken on logits"))
     return found

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from xai.lrp.canonize import AffineLayer
 from xai.validation import finite_number
@@ -113,9 +114,92 @@ class NormRule(Rule):
     def propagate(self, module, x, relevance):
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            y = module.forward(x)  # .forward, not __call__: no hooks inside a backward pass
+            y = self.forward(module, x)
             (vjp,) = torch.autograd.grad(y, x, relevance / stabilize(y.detach(), self.stabilizer))
         return x.detach() * vjp
+
+    def forward(self, module, x: Tensor) -> Tensor:
+        """The map whose Jacobian J redistributes: the module's own (``.forward``: no hooks in a backward pass)."""
+        return module.forward(x)
+
+
+def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, shape: tuple[int, ...]) -> Tensor:
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    return y if bias is None else y + bias.reshape(shape)
+
+
+def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    dims = tuple(range(-len(normalized_shape), 0))
+    centred = x - x.mean(dims, keepdim=True)
+    scale = (centred.detach().pow(2).mean(dims, keepdim=True) + eps).rsqrt()
+    return _affine(centred * scale, weight, bias, tuple(normalized_shape))
+
+
+def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    grouped = x.reshape(x.shape[0], num_groups, -1)
+    centred = grouped - grouped.mean(-1, keepdim=True)
+    scale = (centred.detach().pow(2).mean(-1, keepdim=True) + eps).rsqrt()
+    return _affine((centred * scale).reshape(x.shape), weight, bias, (-1,) + (1,) * (x.dim() - 2))
+
+
+def _rms_norm(x, normalized_shape, weight=None, eps=None):
+    dims = tuple(range(-len(normalized_shape), 0))
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    scale = (x.detach().pow(2).mean(dims, keepdim=True) + eps).rsqrt()
+    return _affine(x * scale, weight, None, tuple(normalized_shape))
+
+
+class _ConstantScale(TorchFunctionMode):
+    """``F.layer_norm``, ``F.group_norm`` and ``F.rms_norm`` with their scale (1/std, 1/rms) detached."""
+
+    _NORMS = {"layer_norm": _layer_norm, "group_norm": _group_norm, "rms_norm": _rms_norm}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        norm = self._NORMS.get(getattr(func, "__name__", ""))
+        return (norm or func)(*args, **(kwargs or {}))
+
+
+class LayerNormRule(NormRule):
+    """LayerNorm, RMSNorm, GroupNorm (ConvNeXt's channel LayerNorm, timm's LayerNorm2d, GroupNorm(1, C)):
+    the scale 1/std is a constant, the rest is one linear map, explained with the Epsilon rule.
+
+    y = (x - mean(x)) * w / std + b per normalised group (RMSNorm: y = x * w / rms) is, with std held fixed,
+    y = A x + b with A = diag(w / std) (I - 11^T / N); R_in = x * A^T (R / stab(y)). With b = 0 the relevance is
+    conserved. It is the Gradient x Input form of LXT 2.1's ``layer_norm_forward`` (``lxt.efficient.patches``,
+    std behind a stop-gradient; AttnLRP, Achtibat et al. 2024) and the LN rule of Ali et al. 2022 (ExplainableAI.jl's
+    ``LayerNormRule``), with the affine part as an element-wise linear layer. Any module whose ``forward`` calls
+    one of these functions (with permutes around it, as LayerNorm2d does) gets the rule.
+    """
+
+    def forward(self, module, x):
+        with _ConstantScale():
+            return module.forward(x)
+
+
+class ProductRule(Rule):
+    """How a product ``value * gate`` of two activations splits its relevance between the two factors.
+
+    ``split`` returns (relevance of value, relevance of gate or None); shapes are the factors' (broadcasting).
+    """
+
+    needs_input = False
+
+    def split(self, relevance: Tensor, value_shape: torch.Size, gate_shape: torch.Size | None
+              ) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement split()")
+
+
+class GateRule(ProductRule):
+    """The gate as a constant: R_value = R, R_gate = 0 (CP-LRP's treatment of gates; Ali et al. 2022).
+
+    y = value * g with g held fixed is an element-wise linear map without bias, whose Epsilon rule gives
+    value * g * R / (value * g) = R: all relevance flows to the gated branch (squeeze-excitation
+    ``x * sigmoid(s(x))``: torchvision's ``SqueezeExcitation``, timm's ``SqueezeExcite``), none into the gate.
+    """
+
+    def split(self, relevance, value_shape, gate_shape):
+        return relevance.sum_to_size(value_shape), None
 
 
 @dataclass
@@ -504,6 +588,7 @@ class FlatRule(_OnesInputRule):
 
 
 __all__ = [
-    "AlphaBetaRule", "EpsilonRule", "FlatRule", "GammaRule", "LayerOutput", "LinearRule", "NormRule", "PassRule",
-    "Rule", "WSquareRule", "ZBoxRule", "ZPlusRule", "ZeroRule", "signed_epsilon", "stabilize", "stabilize_",
+    "AlphaBetaRule", "EpsilonRule", "FlatRule", "GammaRule", "GateRule", "LayerNormRule", "LayerOutput", "LinearRule",
+    "NormRule", "PassRule", "ProductRule", "Rule", "WSquareRule", "ZBoxRule", "ZPlusRule", "ZeroRule", "signed_epsilon",
+    "stabilize", "stabilize_",
 ]
