@@ -68,6 +68,24 @@ class IntegratedGradientsConf:
 
 
 @dataclass
+class DeepLIFTConf:
+    name: str = "deeplift"
+    baseline: float = 0.0  # the reference input: this value everywhere
+    batch_size: int = 32  # (sample, baseline) pairs per forward/backward
+
+
+@dataclass
+class ShapleyConf:
+    """DeepLIFTShap, GradientSHAP and ExpectedGradients: baselines drawn (seeded) from the explained dataset."""
+
+    name: str = MISSING
+    baselines: int = 8  # how many images of the dataset form the background set
+    samples: int = 16  # GradientSHAP / ExpectedGradients: points per sample
+    stdevs: float = 0.0  # GradientSHAP: noise on the input
+    batch_size: int = 32
+
+
+@dataclass
 class LRPConf:
     name: str = "lrp"
 
@@ -192,6 +210,8 @@ def register_configs() -> None:
     cs.store(group="schema/method", name="smoothgrad", node=SmoothGradConf)
     cs.store(group="schema/method", name="integrated_gradients", node=IntegratedGradientsConf)
     cs.store(group="schema/method", name="lrp", node=LRPConf)
+    cs.store(group="schema/method", name="deeplift", node=DeepLIFTConf)
+    cs.store(group="schema/method", name="shapley", node=ShapleyConf)
     cs.store(group="schema/method", name="occlusion", node=OcclusionConf)
     cs.store(group="schema/method", name="cam", node=CAMConf)
     cs.store(group="schema/composite", name="none", node=NoCompositeConf)

@@ -223,3 +223,14 @@ def iterate_batches(
                 f"or set dataset.on_corrupt=skip to skip (and count) unreadable images"
             )
         yield batch
+
+
+def load_images(data: Dataset, ids: list[int]) -> Tensor:
+    """The images of ``ids`` as one (n, C, H, W) tensor (e.g. a background set); an unreadable one is an error."""
+    images = []
+    for i in ids:
+        image = data[i][0]
+        if isinstance(image, Unreadable):
+            raise ValueError(f"image {image.path} ({image.reason}) was drawn as a baseline: fix or remove the file")
+        images.append(image)
+    return _stack_images(tuple(images))

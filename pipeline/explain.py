@@ -5,14 +5,19 @@ ignored (with a warning) and the run is tagged ``composite=none``, so the defaul
 ``conf/config.yaml`` does not get in the way of ``method=gradient``.
 """
 import warnings
+from typing import Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pipeline.input_range import composite_bound
 
 CAMS = {"grad_cam": "GradCAM", "grad_cam_plus_plus": "GradCAMPlusPlus", "layer_cam": "LayerCAM", "score_cam": "ScoreCAM"}
-METHODS = ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion", *CAMS, "lrp")
+#: Methods that explain against a background set of baselines drawn from the data (``background_ids``).
+SHAPLEY = {"deeplift_shap": "DeepLIFTShap", "gradient_shap": "GradientSHAP", "expected_gradients": "ExpectedGradients"}
+METHODS = ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion", *CAMS, "deeplift",
+           *SHAPLEY, "lrp")
 COMPOSITES = {
     "epsilon_gamma_box": "EpsilonGammaBox",
     "epsilon_plus": "EpsilonPlus",
@@ -38,8 +43,20 @@ def effective_composite(method: DictConfig, composite: DictConfig) -> str:
     return NO_COMPOSITE
 
 
-def build_analyzer(model: nn.Module, method: DictConfig, composite: DictConfig, seed: int):
-    """The analyzer for one batch. ``seed`` feeds stochastic methods, so a resumed batch repeats its draws."""
+def background_ids(method: DictConfig, total: int, seed: int) -> list[int]:
+    """The dataset indices of a Shapley method's baselines: ``method.baselines`` drawn without replacement, seeded."""
+    if method.name not in SHAPLEY:
+        return []
+    if not 1 <= method.baselines <= total:
+        raise ValueError(f"method.baselines={method.baselines} must be in 1..{total} (images of the dataset)")
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(total, generator=generator)[: method.baselines].tolist())
+
+
+def build_analyzer(model: nn.Module, method: DictConfig, composite: DictConfig, seed: int,
+                   background: Optional[torch.Tensor] = None):
+    """The analyzer for one batch. ``seed`` feeds stochastic methods, so a resumed batch repeats its draws;
+    ``background`` holds the baselines of the Shapley methods."""
     import xai  # the pipeline imports before every method exists; only the chosen one is needed
 
     name = method.name
@@ -58,6 +75,16 @@ def build_analyzer(model: nn.Module, method: DictConfig, composite: DictConfig, 
     if name == "occlusion":
         return xai.Occlusion(model, window=method.window, stride=method.stride, baseline=method.baseline,
                              batch_size=method.batch_size)
+    if name == "deeplift":
+        return xai.DeepLIFT(model, baseline=method.baseline, batch_size=method.batch_size)
+    if name == "deeplift_shap":
+        return xai.DeepLIFTShap(model, baselines=background, batch_size=method.batch_size)
+    if name == "gradient_shap":
+        return xai.GradientSHAP(model, baselines=background, samples=method.samples, stdevs=method.stdevs, seed=seed,
+                                batch_size=method.batch_size)
+    if name == "expected_gradients":
+        return xai.ExpectedGradients(model, baselines=background, samples=method.samples, seed=seed,
+                                     batch_size=method.batch_size)
     if name == "score_cam":
         return xai.ScoreCAM(model, layer=method.layer, batch_size=method.batch_size)
     if name in CAMS:

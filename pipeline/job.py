@@ -21,9 +21,10 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import TargetChoice, config_hash, run_name, validate
-from pipeline.data import batch_plan, dataset_source, iterate_batches, load_dataset, plan_index, select_samples
+from pipeline.data import (batch_plan, dataset_source, iterate_batches, load_dataset, load_images, plan_index,
+                           select_samples)
 from pipeline.evaluate import COMPLEXITY_METRICS, METRICS, Faithfulness, complexity_scores
-from pipeline.explain import build_analyzer, build_composite, effective_composite
+from pipeline.explain import background_ids, build_analyzer, build_composite, effective_composite
 from pipeline.metrics import MetricSuite
 from pipeline.identity import changes, code_version, input_identity
 from pipeline.input_range import check_input_range, input_bounds
@@ -53,6 +54,8 @@ def explain_and_score(
     """Explain and score the samples of each batch (index -> sample ids) and write one result file per batch."""
     device = model_device(model)
     faithfulness = Faithfulness(cfg.evaluation)
+    ids = background_ids(cfg.method, len(data), cfg.seed)  # the same background in every batch and shard
+    background = load_images(data, ids).to(device) if ids else None
     kill_after = int(os.environ.get(KILL_AFTER_BATCHES_ENV, 0))
     loaded = iterate_batches(data, list(batches.values()), cfg.dataset.on_corrupt, cfg.dataset.num_workers)
     progress = tqdm(zip(batches, loaded), total=len(batches), desc="explain + evaluate", unit="batch")
@@ -69,7 +72,8 @@ def explain_and_score(
         arrays = _skipped_arrays(batch, suite.names)
         if len(batch.ids):
             seed = cfg.seed + plan_index(index, cfg.dataset.num_shards, cfg.dataset.shard)  # shard-independent
-            arrays |= _explain_and_score_batch(model, batch, cfg, faithfulness, suite, seed=seed, device=device)
+            arrays |= _explain_and_score_batch(model, batch, cfg, faithfulness, suite, seed=seed, device=device,
+                                               background=background)
         keep = np.isin(batch.ids.numpy(), sorted(heatmap_ids))
         arrays["heatmap_ids"] = batch.ids.numpy()[keep]
         arrays["heatmap_attribution"] = arrays.pop("attribution")[keep]
@@ -89,10 +93,11 @@ def check_data_fits_model(model: nn.Module, x: torch.Tensor, cfg: DictConfig) ->
                           "num_output_channels: <the model's channels>}) or the model") from error
 
 
-def _explain_and_score_batch(model, batch, cfg, faithfulness, suite, seed: int, device) -> dict[str, np.ndarray]:
+def _explain_and_score_batch(model, batch, cfg, faithfulness, suite, seed: int, device,
+                             background=None) -> dict[str, np.ndarray]:
     x = batch.x.to(device)
     target = batch.labels.to(device) if cfg.target == TargetChoice.label else None
-    analyzer = lambda m: build_analyzer(m, cfg.method, cfg.composite, seed=seed)  # noqa: E731
+    analyzer = lambda m: build_analyzer(m, cfg.method, cfg.composite, seed=seed, background=background)  # noqa: E731
     start = perf_counter()
     explanation = analyzer(model)(x, target)
     explained = perf_counter()

@@ -85,7 +85,7 @@ def test_method_parameters_are_typed():
 
 def test_unknown_option_lists_the_available_ones():
     with pytest.raises(MissingConfigException) as error:
-        make_cfg(["method=deeplift"])
+        make_cfg(["method=deeplyft"])
     message = str(error.value)
     for method in ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "lrp"):
         assert f"\t{method}\n" in message

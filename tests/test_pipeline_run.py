@@ -258,14 +258,26 @@ def test_image_folder_transforms_that_cannot_form_a_batch_are_named(tmp_path):
         run_job(make_cfg([*base, "dataset.transforms=[{_target_:torchvision.transforms.ToTensor}]"]), tmp_path / "b")
 
 
+def _background(seed=0, k=8):
+    from pipeline.explain import background_ids
+
+    ids = background_ids(make_cfg(["method=expected_gradients"]).method, len(digits_split("test")[1]), seed)
+    assert len(ids) == k
+    return digits_split("test")[0][ids]
+
+
 @pytest.mark.parametrize("explainer, build", [
+    ("deeplift-none", lambda m: __import__("xai").DeepLIFT(m, baseline=0.0)),
+    ("deeplift_shap-none", lambda m: __import__("xai").DeepLIFTShap(m, baselines=_background())),
+    ("expected_gradients-none", lambda m: __import__("xai").ExpectedGradients(m, _background(), samples=16, seed=0)),
+    ("gradient_shap-none", lambda m: __import__("xai").GradientSHAP(m, _background(), samples=16, seed=0)),
     ("occlusion-none", lambda m: __import__("xai").Occlusion(m, window=8, stride=4)),
     ("grad_cam-none", lambda m: __import__("xai").GradCAM(m)),
     ("grad_cam_plus_plus-none", lambda m: __import__("xai").GradCAMPlusPlus(m)),
     ("layer_cam-none", lambda m: __import__("xai").LayerCAM(m)),
     ("score_cam-none", lambda m: __import__("xai").ScoreCAM(m)),
 ])
-def test_occlusion_and_cam_methods_run_in_the_pipeline_as_in_the_api(tmp_path, explainer, build):
+def test_methods_run_in_the_pipeline_as_in_the_api(tmp_path, explainer, build):
     folder = run_job(make_cfg([f"explainer={explainer}", "dataset.limit=3", "heatmaps=3", "tracking.publish=false",
                                "evaluation.steps=4"]), tmp_path / "out")
     x = digits_split("test")[0][:3]
