@@ -8,6 +8,7 @@ from xai.heatmap import heatmap, heatmap_grid, overlay
 from xai.integrated_gradients import IntegratedGradients
 from xai.lrp import LRP
 from xai.occlusion import Occlusion
+from xai.pattern import PatternAttribution, PatternNet, Patterns, fit_patterns
 from xai.smoothgrad import SmoothGrad
 from xai.softmax import strip_softmax
 
@@ -22,10 +23,14 @@ __all__ = [
     "LRP",
     "LayerCAM",
     "Occlusion",
+    "PatternAttribution",
+    "PatternNet",
+    "Patterns",
     "ScoreCAM",
     "SmoothGrad",
     "UnsupportedModelError",
     "analyze",
+    "fit_patterns",
     "heatmap",
     "heatmap_grid",
     "overlay",
