@@ -24,22 +24,25 @@ from xai.pattern.patterns import LayerPattern, Patterns, folded_pattern_layers, 
 from xai.validation import check_input, check_model_input, forward
 
 
-def _patch_products(geometry: AffineLayer, x: Tensor, gs: list[Tensor], weight_shape: torch.Size) -> list[Tensor]:
-    """For each g: the sum over samples and positions of g_j * (the input unit j sees), i.e. the weight gradient for
-    the output gradient g; the gs are stacked along the units into one call where the groups allow it."""
-    if not geometry.stackable:
-        return [product for g in gs for product in _patch_products(geometry, x, [g], weight_shape)]
+def _weight_gradient(geometry: AffineLayer, x: Tensor, g: Tensor, weight_shape: tuple[int, ...]) -> Tensor:
+    """The sum over samples and positions of g_j * (the input unit j sees): the weight gradient for output grad g."""
     if not geometry.is_conv:
-        g = torch.cat(gs, dim=-1)
-        return list((g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1])).chunk(len(gs)))
+        return g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1])
     conv = geometry.module
     dims = len(conv.kernel_size)
+    return torch.ops.aten.convolution_backward(
+        g, x, x.new_empty(()).expand(weight_shape), None, conv.stride, geometry.padding, conv.dilation, False,
+        (0,) * dims, conv.groups, (False, True, False),
+    )[1]  # the weight is only read for its shape
+
+
+def _patch_products(geometry: AffineLayer, x: Tensor, gs: list[Tensor], weight_shape: torch.Size) -> list[Tensor]:
+    """``_weight_gradient`` for each g, stacked along the units into one call where the groups allow it."""
+    if not geometry.stackable:
+        return [_weight_gradient(geometry, x, g, tuple(weight_shape)) for g in gs]
     stacked_shape = (len(gs) * weight_shape[0],) + tuple(weight_shape[1:])
-    products = torch.ops.aten.convolution_backward(
-        torch.cat(gs, dim=1), x, x.new_empty(()).expand(stacked_shape), None, conv.stride, geometry.padding,
-        conv.dilation, False, (0,) * dims, conv.groups, (False, True, False),
-    )[1]
-    return list(products.chunk(len(gs)))
+    unit_axis = 1 if geometry.is_conv else -1
+    return list(_weight_gradient(geometry, x, torch.cat(gs, dim=unit_axis), stacked_shape).chunk(len(gs)))
 
 
 class _RegionSums:
