@@ -4,7 +4,9 @@ ResNet18 (random weights), one image, the same target and the same inputs per fo
 - Occlusion(window, stride) vs Captum's Occlusion (``perturbations_per_eval`` = our ``batch_size``) vs the bare
   forward passes over the same covered images, built beforehand;
 - GradCAM / GradCAM++ / LayerCAM vs pytorch-grad-cam's vs a plain gradient (``xai.Gradient``);
-- ScoreCAM vs pytorch-grad-cam's (``batch_size`` equal) vs the bare forward passes over the masked images.
+- ScoreCAM vs pytorch-grad-cam's (``batch_size`` equal) vs the bare forward passes over the masked images;
+- PatternNet / PatternAttribution vs a plain gradient (no PyTorch reference exists: iNNvestigate is Keras), with
+  patterns fitted beforehand on ``--batch-size`` random images (the fit's time is printed once).
 Repeats alternate the order; the table shows median wall-clock and process CPU times and their ratios.
 
     python scripts/bench_methods.py [--size 224] [--repeats 3] [--batch-size 32]
@@ -22,7 +24,8 @@ from pytorch_grad_cam import ScoreCAM as RefScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchvision.models import resnet18
 
-from xai import GradCAM, GradCAMPlusPlus, Gradient, LayerCAM, Occlusion, ScoreCAM
+from xai import (GradCAM, GradCAMPlusPlus, Gradient, LayerCAM, Occlusion, PatternAttribution, PatternNet, ScoreCAM,
+                 fit_patterns)
 from xai.occlusion import window_masks, window_starts
 
 
@@ -50,7 +53,8 @@ def build_cases(args) -> dict[str, dict[str, callable]]:
     starts = window_starts(args.size, window, stride)
     masks = window_masks(starts.repeat(len(starts)), starts.repeat_interleave(len(starts)), args.size, args.size,
                          window, x)[:, None]
-    covered = torch.cat([x, x * (1 - masks)])  # what Occlusion runs: the image, then every covered copy
+    covered = torch.cat([x, x * (1 - masks)])
+    patterns = []  # what Occlusion runs: the image, then every covered copy
 
     cases = {f"Occlusion({window}/{stride}, {len(masks)} windows)": {
         "ours": lambda: Occlusion(model, window=window, stride=stride, batch_size=batch)(x, target=target),
@@ -88,6 +92,14 @@ def build_cases(args) -> dict[str, dict[str, callable]]:
         "reference": reference_score_cam,
         "bare": bare_forwards(model, masked, batch),
     }
+    fit_time, _ = timed(lambda: patterns.append(fit_patterns(model, [torch.randn(batch, 3, args.size, args.size)],
+                                                             progress=False)))
+    print(f"fit_patterns on {batch} images {args.size}x{args.size}: {fit_time:.2f} s")
+    for name, analyzer in (("PatternNet", PatternNet), ("PatternAttribution", PatternAttribution)):
+        cases[name] = {
+            "ours": lambda analyzer=analyzer: analyzer(model, patterns[0])(x, target=target),
+            "bare": lambda: Gradient(model)(x, target=target),
+        }
     return cases
 
 
@@ -110,9 +122,11 @@ def main() -> None:
                 times[side].append(timed(sides[side]))
         wall = {side: statistics.median(t[0] for t in values) for side, values in times.items()}
         cpu = {side: statistics.median(t[1] for t in values) for side, values in times.items()}
+        if "reference" not in sides:  # no reference implementation: dashes in its columns
+            wall["reference"] = cpu["reference"] = float("nan")
         print(f"{name:34s} {wall['ours']:8.2f} {wall['reference']:8.2f} {wall['bare']:8.2f} "
               f"{wall['ours'] / wall['reference']:9.2f} {wall['ours'] / wall['bare']:10.2f} "
-              f"{cpu['ours'] / cpu['reference']:13.2f} {cpu['ours'] / cpu['bare']:14.2f}")
+              f"{cpu['ours'] / cpu['reference']:13.2f} {cpu['ours'] / cpu['bare']:14.2f}".replace("nan", "  -"))
 
 
 if __name__ == "__main__":
