@@ -10,6 +10,8 @@ ResNet18 (random weights), one image, the same target and the same inputs per fo
   twice, so it gets a copy with one ReLU per use (the same computation);
 - GradientSHAP (``--shap-samples`` draws from 8 random baselines) vs Captum's GradientShap vs a plain gradient
   of as many images.
+- PatternNet / PatternAttribution vs a plain gradient (no PyTorch reference exists: iNNvestigate is Keras), with
+  patterns fitted beforehand on ``--batch-size`` random images (the fit's time is printed once).
 Repeats alternate the order; the table shows median wall-clock and process CPU times and their ratios.
 
     python scripts/bench_methods.py [--size 224] [--repeats 3] [--batch-size 32] [--shap-samples 16] [--only NAME,..]
@@ -34,7 +36,8 @@ from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
 
-from xai import DeepLIFT, GradCAM, GradCAMPlusPlus, Gradient, GradientSHAP, LayerCAM, Occlusion, ScoreCAM
+from xai import (DeepLIFT, GradCAM, GradCAMPlusPlus, Gradient, GradientSHAP, LayerCAM, Occlusion, PatternAttribution,
+                 PatternNet, ScoreCAM, fit_patterns)
 from xai.occlusion import window_masks, window_starts
 
 
@@ -132,6 +135,15 @@ def build_cases(args) -> dict[str, dict[str, callable]]:
             x, baselines=baselines, n_samples=samples, target=target),
         "bare": lambda: Gradient(model)(points, target=target.expand(samples)),
     }
+    patterns = []  # filled by the timed fit
+    fit_time, _ = timed(lambda: patterns.append(fit_patterns(model, [torch.randn(batch, 3, args.size, args.size)],
+                                                             progress=False)))
+    print(f"fit_patterns on {batch} images {args.size}x{args.size}: {fit_time:.2f} s")
+    for name, analyzer in (("PatternNet", PatternNet), ("PatternAttribution", PatternAttribution)):
+        cases[name] = {
+            "ours": lambda analyzer=analyzer: analyzer(model, patterns[0])(x, target=target),
+            "bare": lambda: Gradient(model)(x, target=target),
+        }
     return cases
 
 
@@ -160,9 +172,11 @@ def main() -> None:
                 times[side].append(timed(sides[side]))
         wall = {side: statistics.median(t[0] for t in values) for side, values in times.items()}
         cpu = {side: statistics.median(t[1] for t in values) for side, values in times.items()}
+        if "reference" not in sides:  # no reference implementation: dashes in its columns
+            wall["reference"] = cpu["reference"] = float("nan")
         print(f"{name:42s} {wall['ours']:8.2f} {wall['reference']:8.2f} {wall['bare']:8.2f} "
               f"{wall['ours'] / wall['reference']:9.2f} {wall['ours'] / wall['bare']:10.2f} "
-              f"{cpu['ours'] / cpu['reference']:13.2f} {cpu['ours'] / cpu['bare']:14.2f}")
+              f"{cpu['ours'] / cpu['reference']:13.2f} {cpu['ours'] / cpu['bare']:14.2f}".replace("nan", "  -"))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from xai.heatmap import heatmap, heatmap_grid, overlay
 from xai.integrated_gradients import IntegratedGradients
 from xai.lrp import LRP
 from xai.occlusion import Occlusion
+from xai.pattern import PatternAttribution, PatternNet, Patterns, fit_patterns
 from xai.smoothgrad import SmoothGrad
 from xai.softmax import strip_softmax
 
@@ -28,10 +29,14 @@ __all__ = [
     "LRP",
     "LayerCAM",
     "Occlusion",
+    "PatternAttribution",
+    "PatternNet",
+    "Patterns",
     "ScoreCAM",
     "SmoothGrad",
     "UnsupportedModelError",
     "analyze",
+    "fit_patterns",
     "heatmap",
     "heatmap_grid",
     "overlay",
