@@ -6,6 +6,8 @@ from xai.explanation import Explanation
 from xai.gradient import Gradient, InputTimesGradient
 from xai.heatmap import heatmap, heatmap_grid, overlay
 from xai.integrated_gradients import IntegratedGradients
+from xai.kernel_shap import KernelSHAP
+from xai.lime import LIME
 from xai.lrp import LRP
 from xai.occlusion import Occlusion
 from xai.smoothgrad import SmoothGrad
@@ -19,6 +21,8 @@ __all__ = [
     "Gradient",
     "InputTimesGradient",
     "IntegratedGradients",
+    "KernelSHAP",
+    "LIME",
     "LRP",
     "LayerCAM",
     "Occlusion",
