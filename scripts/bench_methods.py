@@ -4,16 +4,21 @@ ResNet18 (random weights), one image, the same target and the same inputs per fo
 - Occlusion(window, stride) vs Captum's Occlusion (``perturbations_per_eval`` = our ``batch_size``) vs the bare
   forward passes over the same covered images, built beforehand;
 - GradCAM / GradCAM++ / LayerCAM vs pytorch-grad-cam's vs a plain gradient (``xai.Gradient``);
-- ScoreCAM vs pytorch-grad-cam's (``batch_size`` equal) vs the bare forward passes over the masked images.
+- ScoreCAM vs pytorch-grad-cam's (``batch_size`` equal) vs the bare forward passes over the masked images;
+- KernelSHAP / LIME (an 8 x 8 grid of features, ``--samples`` coalitions) vs Captum's KernelShap / Lime
+  (``perturbations_per_eval`` = our ``batch_size``, the same mask) vs the bare forward passes over the image and
+  the same number of switched images, built beforehand.
 Repeats alternate the order; the table shows median wall-clock and process CPU times and their ratios.
 
-    python scripts/bench_methods.py [--size 224] [--repeats 3] [--batch-size 32]
+    python scripts/bench_methods.py [--size 224] [--repeats 3] [--batch-size 32] [--samples 128] [--only KernelSHAP LIME]
 """
 import argparse
 import statistics
 import time
 
 import torch
+from captum.attr import KernelShap as CaptumKernelShap
+from captum.attr import Lime as CaptumLime
 from captum.attr import Occlusion as CaptumOcclusion
 from pytorch_grad_cam import GradCAM as RefGradCAM
 from pytorch_grad_cam import GradCAMPlusPlus as RefGradCAMPlusPlus
@@ -22,7 +27,8 @@ from pytorch_grad_cam import ScoreCAM as RefScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchvision.models import resnet18
 
-from xai import GradCAM, GradCAMPlusPlus, Gradient, LayerCAM, Occlusion, ScoreCAM
+from xai import LIME, GradCAM, GradCAMPlusPlus, Gradient, KernelSHAP, LayerCAM, Occlusion, ScoreCAM
+from xai.features import grid_segments
 from xai.occlusion import window_masks, window_starts
 
 
@@ -88,6 +94,19 @@ def build_cases(args) -> dict[str, dict[str, callable]]:
         "reference": reference_score_cam,
         "bare": bare_forwards(model, masked, batch),
     }
+    segments = grid_segments(x)
+    switched = torch.rand((args.samples, 64), generator=torch.Generator().manual_seed(0)) < 0.5
+    keep = switched.gather(1, segments.flatten(1).expand(args.samples, -1)).view(args.samples, 1, *x.shape[2:])
+    switched_inputs = torch.cat([x, x * keep])  # what both run: the image, then one input per coalition
+    for name, ours, reference in (("KernelSHAP", KernelSHAP, CaptumKernelShap), ("LIME", LIME, CaptumLime)):
+        cases[f"{name}(64 cells, {args.samples} samples)"] = {
+            "ours": lambda ours=ours: ours(model, features=segments, samples=args.samples, batch_size=batch,
+                                           seed=0)(x, target=target),
+            "reference": lambda reference=reference: reference(model).attribute(
+                x, baselines=0.0, target=target, feature_mask=segments[:, None], n_samples=args.samples,
+                perturbations_per_eval=batch),
+            "bare": bare_forwards(model, switched_inputs, batch),
+        }
     return cases
 
 
@@ -96,8 +115,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=128, help="KernelSHAP / LIME coalitions")
+    parser.add_argument("--only", nargs="*", default=None, help="time only the methods whose name starts so")
     args = parser.parse_args()
-    cases = build_cases(args)
+    cases = {name: sides for name, sides in build_cases(args).items()
+             if args.only is None or name.startswith(tuple(args.only))}
     print(f"ResNet18, 1 image {args.size}x{args.size}, {args.batch_size} inputs per forward pass, "
           f"{args.repeats} repeats, torch threads={torch.get_num_threads()}")
     print(f"{'method':34s} {'ours s':>8s} {'ref s':>8s} {'bare s':>8s} {'ours/ref':>9s} {'ours/bare':>10s}"
