@@ -11,10 +11,14 @@ ResNet18 (random weights), one image, the same target and the same inputs per fo
 - GradientSHAP (``--shap-samples`` draws from 8 random baselines) vs Captum's GradientShap vs a plain gradient
   of as many images.
 - PatternNet / PatternAttribution vs a plain gradient (no PyTorch reference exists: iNNvestigate is Keras), with
-  patterns fitted beforehand on ``--batch-size`` random images (the fit's time is printed once).
+  patterns fitted beforehand on ``--batch-size`` random images (the fit's time is printed once);
+- KernelSHAP / LIME (an 8 x 8 grid of features, ``--samples`` coalitions) vs Captum's KernelShap / Lime
+  (``perturbations_per_eval`` = our ``batch_size``, the same mask) vs the bare forward passes over the image and
+  the same number of switched images, built beforehand.
 Repeats alternate the order; the table shows median wall-clock and process CPU times and their ratios.
 
-    python scripts/bench_methods.py [--size 224] [--repeats 3] [--batch-size 32] [--shap-samples 16] [--only NAME,..]
+    python scripts/bench_methods.py [--size 224] [--repeats 3] [--batch-size 32] [--shap-samples 16] [--samples 128]
+        [--only NAME,..]
 """
 import argparse
 import copy
@@ -26,6 +30,8 @@ import warnings
 import torch
 from captum.attr import DeepLift as CaptumDeepLift
 from captum.attr import GradientShap as CaptumGradientShap
+from captum.attr import KernelShap as CaptumKernelShap
+from captum.attr import Lime as CaptumLime
 from captum.attr import Occlusion as CaptumOcclusion
 from pytorch_grad_cam import GradCAM as RefGradCAM
 from pytorch_grad_cam import GradCAMPlusPlus as RefGradCAMPlusPlus
@@ -36,8 +42,9 @@ from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
 
-from xai import (DeepLIFT, GradCAM, GradCAMPlusPlus, Gradient, GradientSHAP, LayerCAM, Occlusion, PatternAttribution,
-                 PatternNet, ScoreCAM, fit_patterns)
+from xai import (LIME, DeepLIFT, GradCAM, GradCAMPlusPlus, Gradient, GradientSHAP, KernelSHAP, LayerCAM, Occlusion,
+                 PatternAttribution, PatternNet, ScoreCAM, fit_patterns)
+from xai.features import grid_segments
 from xai.occlusion import window_masks, window_starts
 
 
@@ -144,6 +151,19 @@ def build_cases(args) -> dict[str, dict[str, callable]]:
             "ours": lambda analyzer=analyzer: analyzer(model, patterns[0])(x, target=target),
             "bare": lambda: Gradient(model)(x, target=target),
         }
+    segments = grid_segments(x)
+    switched = torch.rand((args.samples, 64), generator=torch.Generator().manual_seed(0)) < 0.5
+    keep = switched.gather(1, segments.flatten(1).expand(args.samples, -1)).view(args.samples, 1, *x.shape[2:])
+    switched_inputs = torch.cat([x, x * keep])  # what both run: the image, then one input per coalition
+    for name, ours, reference in (("KernelSHAP", KernelSHAP, CaptumKernelShap), ("LIME", LIME, CaptumLime)):
+        cases[f"{name}(64 cells, {args.samples} samples)"] = {
+            "ours": lambda ours=ours: ours(model, features=segments, samples=args.samples, batch_size=batch,
+                                           seed=0)(x, target=target),
+            "reference": lambda reference=reference: reference(model).attribute(
+                x, baselines=0.0, target=target, feature_mask=segments[:, None], n_samples=args.samples,
+                perturbations_per_eval=batch),
+            "bare": bare_forwards(model, switched_inputs, batch),
+        }
     return cases
 
 
@@ -153,6 +173,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shap-samples", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=128, help="KernelSHAP / LIME coalitions")
     parser.add_argument("--only", default="", help="comma-separated parts of method names to time (default: all)")
     args = parser.parse_args()
     for noise in ("Setting forward, backward hooks", "Input Tensor 0 did not already require gradients"):

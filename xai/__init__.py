@@ -8,6 +8,8 @@ from xai.gradient import Gradient, InputTimesGradient
 from xai.gradient_shap import ExpectedGradients, GradientSHAP
 from xai.heatmap import heatmap, heatmap_grid, overlay
 from xai.integrated_gradients import IntegratedGradients
+from xai.kernel_shap import KernelSHAP
+from xai.lime import LIME
 from xai.lrp import LRP
 from xai.occlusion import Occlusion
 from xai.pattern import PatternAttribution, PatternNet, Patterns, fit_patterns
@@ -26,6 +28,8 @@ __all__ = [
     "GradientSHAP",
     "InputTimesGradient",
     "IntegratedGradients",
+    "KernelSHAP",
+    "LIME",
     "LRP",
     "LayerCAM",
     "Occlusion",
