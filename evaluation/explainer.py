@@ -12,10 +12,9 @@ from typing import Callable, Union
 import torch
 from torch import Tensor, nn
 
-from evaluation.perturbation_metric import check_attribution
+from evaluation.perturbation_metric import check_metric_inputs
 from xai.analyzer import Analyzer
 from xai.model_guard import model_device
-from xai.validation import check_input, check_model_input
 
 ExplainFunction = Callable[[nn.Module, Tensor, Tensor], Tensor]
 Explainer = Union[Analyzer, ExplainFunction]
@@ -82,13 +81,7 @@ def checked_inputs(
     model: nn.Module, x: Tensor, attribution: Tensor, explainer: Explainer
 ) -> tuple[Tensor, Tensor]:
     """``x`` and ``attribution`` on the model's device (attribution in x's dtype), after every argument check."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_input(x)
-    check_model_input(model, x)
-    if x.dim() != 4:
-        raise ValueError(f"input must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
-    check_attribution(x, attribution)
+    check_metric_inputs(model, x, attribution)
     check_explains(explainer, model)
     device = model_device(model)
     return x.detach().to(device), attribution.detach().to(device=device, dtype=x.dtype)

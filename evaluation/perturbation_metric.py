@@ -33,6 +33,17 @@ def check_attribution(x: Tensor, attribution: Tensor) -> None:
         )
 
 
+def check_metric_inputs(model: nn.Module, x: Tensor, attribution: Tensor) -> None:
+    """A model, a batch of images it takes, and an attribution of the same shape: every metric's arguments."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_input(x)
+    check_model_input(model, x)
+    if x.dim() != 4:
+        raise ValueError(f"input must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+    check_attribution(x, attribution)
+
+
 @dataclass(frozen=True, kw_only=True)
 class PerturbationMetric(ABC):
     """Flip units of the input in order of relevance and track the target score (the subclass defines the units).
@@ -64,13 +75,7 @@ class PerturbationMetric(ABC):
         self, model: nn.Module, x: Tensor, attribution: Tensor, target: Target, orders: Sequence[str]
     ) -> list[PerturbationResult]:
         """One result per order, sharing the unperturbed forward pass and the batches."""
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        check_input(x)
-        check_model_input(model, x)
-        if x.dim() != 4:
-            raise ValueError(f"input must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
-        check_attribution(x, attribution)
+        check_metric_inputs(model, x, attribution)
         step_of = step_of_rank(*self._schedule(x))
         # rank where the model runs: one sort per sample on that device
         relevance = self._unit_relevance(attribution.to(device=model_device(model), dtype=x.dtype), x)
