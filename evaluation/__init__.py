@@ -1,18 +1,29 @@
-"""Metrics of attributions on plain torch: faithfulness (pixel flipping, region perturbation, SRG), complexity
-(sparseness, entropy), and Quantus's metrics."""
+"""Metrics of attributions on plain torch: faithfulness (pixel flipping, region perturbation, SRG, ROAD,
+deletion/insertion, faithfulness correlation, infidelity), complexity (sparseness, entropy), and Quantus's metrics."""
 from evaluation.baselines import NAMED_BASELINES, make_baseline
 from evaluation.complexity import Complexity, MetricResult, Sparseness
+from evaluation.deletion_insertion import CurveResult, Deletion, Insertion
+from evaluation.faithfulness_correlation import FaithfulnessCorrelation, FaithfulnessCorrelationResult
+from evaluation.imputation import noisy_linear_imputation
+from evaluation.infidelity import Infidelity
 from evaluation.perturbation_curve import PerturbationResult
 from evaluation.perturbation_metric import PerturbationMetric
 from evaluation.pixel_flipping import PixelFlipping
 from evaluation.ranking import rank_methods
 from evaluation.quantus_adapter import KNOWN_BROKEN, QuantusMetric, QuantusMetricError, evaluate_quantus
 from evaluation.region_perturbation import RegionPerturbation
+from evaluation.road import ROAD, ROADResult
 from evaluation.scores import aopc, auc, symmetric_relevance_gain
 from evaluation.symmetric_relevance_gain import SymmetricRelevanceGain, SymmetricRelevanceResult
 
 __all__ = [
     "Complexity",
+    "CurveResult",
+    "Deletion",
+    "FaithfulnessCorrelation",
+    "FaithfulnessCorrelationResult",
+    "Infidelity",
+    "Insertion",
     "KNOWN_BROKEN",
     "MetricResult",
     "NAMED_BASELINES",
@@ -21,6 +32,8 @@ __all__ = [
     "PixelFlipping",
     "QuantusMetric",
     "QuantusMetricError",
+    "ROAD",
+    "ROADResult",
     "RegionPerturbation",
     "Sparseness",
     "SymmetricRelevanceGain",
@@ -29,6 +42,7 @@ __all__ = [
     "auc",
     "evaluate_quantus",
     "make_baseline",
+    "noisy_linear_imputation",
     "rank_methods",
     "symmetric_relevance_gain",
 ]
