@@ -10,11 +10,16 @@ right-hand side per channel. Then x_u += noise * N(0, 1) (per channel). Known pi
 
 This is the system of ``pytorch_grad_cam.metrics.road.NoisyLinearImputer`` (taken from the ROAD authors' code). The
 systems of a whole batch are assembled at once with numpy (no per-pixel Python loop) into one block-diagonal sparse
-matrix and solved in float64 on the CPU by ``scipy.sparse.linalg.spsolve`` (SuperLU): the blocks do not interact,
-so this is one system per image. Inputs on another device are copied to the CPU and the result back.
+matrix and solved in float64 on the CPU: the blocks do not interact, so this is one system per image. The matrix is
+symmetric positive definite (weights are symmetric, every hole touches a known pixel); numbered in raster order, the
+unknowns couple only within a band about one image row wide, so small images (band <= BANDED_UP_TO) are solved by
+banded Cholesky (``scipy.linalg.solveh_banded``, several times faster there), larger ones by
+``scipy.sparse.linalg.spsolve`` (SuperLU, whose fill-reducing ordering wins on wide bands). Inputs on another
+device are copied to the CPU and the result back.
 """
 import numpy as np
 import torch
+from scipy.linalg import solveh_banded
 from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
 from torch import Tensor
@@ -27,6 +32,7 @@ NEIGHBOUR_WEIGHTS = (
     (0, -1, 1 / 6), (0, 1, 1 / 6),
     (1, -1, 1 / 12), (1, 0, 1 / 6), (1, 1, 1 / 12),
 )
+BANDED_UP_TO = 64  # band width (in unknowns) up to which banded Cholesky beats SuperLU (measured on 2 CPU cores)
 
 
 def noisy_linear_imputation(
@@ -93,9 +99,15 @@ def _solve(unknown: np.ndarray, mask: np.ndarray, values: np.ndarray, h: int, w:
         cols.append(variable[neighbour[free]])
         weights.append(np.full(int(free.sum()), -weight))
         rhs[equation[~free]] += weight * values[neighbour[~free]]
-    rows.append(np.arange(count))
-    cols.append(np.arange(count))
-    weights.append(diagonal)
-    matrix = coo_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
+    rows, cols, weights = np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)
+    band = int((rows - cols).max(initial=0))
+    if band <= BANDED_UP_TO:
+        lower = np.zeros((band + 1, count))  # lower[d, j] = A[j + d, j]
+        lower[0] = diagonal
+        below = rows > cols
+        lower[rows[below] - cols[below], cols[below]] = weights[below]
+        return solveh_banded(lower, rhs, lower=True, check_finite=False).reshape(count, -1)
+    matrix = coo_matrix((np.concatenate([weights, diagonal]),
+                         (np.concatenate([rows, np.arange(count)]), np.concatenate([cols, np.arange(count)]))),
                         shape=(count, count)).tocsc()
     return np.asarray(spsolve(matrix, rhs)).reshape(count, -1)
