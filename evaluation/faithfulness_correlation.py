@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from evaluation.baselines import Baseline, check_baseline, make_baseline
+from evaluation.baselines import Baseline, check_baseline, cpu_generator, make_baseline
 from evaluation.complexity import MetricResult
 from evaluation.perturbation_metric import check_metric_inputs
 from evaluation.perturbed_scores import perturbed_scores
@@ -112,8 +112,7 @@ class FaithfulnessCorrelation:
 
     def draw_subsets(self, n: int, features: int) -> Tensor:
         """(n, nr_runs, subset_size) flat indices, drawn as the module docstring says."""
-        generator = torch.Generator()
-        generator.manual_seed(self.seed) if self.seed is not None else generator.seed()
+        generator = cpu_generator(self.seed)
         runs = [torch.rand((n, features), generator=generator).topk(self.subset_size, dim=1).indices
                 for _ in range(self.nr_runs)]
         return torch.stack(runs, dim=1)

@@ -24,6 +24,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
 from torch import Tensor
 
+from evaluation.baselines import cpu_generator
 from xai.validation import finite_number
 
 # (row offset, column offset, weight); the weights sum to 1
@@ -59,8 +60,7 @@ def noisy_linear_imputation(
     solution = torch.from_numpy(_solve(unknown, mask.reshape(-1), values, h, w))
     if noise > 0:
         if generator is None:
-            generator = torch.Generator()
-            generator.manual_seed(seed) if seed is not None else generator.seed()
+            generator = cpu_generator(seed)
         draws = torch.stack([torch.randn((h * w, c), generator=generator, dtype=torch.float64) for _ in range(n)])
         solution += noise * draws.reshape(n * h * w, c)[torch.from_numpy(unknown)]
     flat = imputed.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a copy unless x is channels-last

@@ -19,6 +19,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from evaluation.baselines import cpu_generator
 from evaluation.complexity import MetricResult
 from evaluation.perturbation_metric import check_metric_inputs
 from evaluation.perturbed_scores import perturbed_scores
@@ -55,8 +56,7 @@ class Infidelity:
         n, k = x.shape[0], self.n_perturb_samples
         device = model_device(model)
         x_dev, a_dev = x.detach().to(device), attribution.detach().to(device=device, dtype=x.dtype)
-        generator = torch.Generator()
-        generator.manual_seed(self.seed) if self.seed is not None else generator.seed()
+        generator = cpu_generator(self.seed)
         drawn = torch.empty((0, *x.shape[1:]), dtype=x.dtype)  # rows drawn and not used yet
         predicted = torch.empty(n * k, dtype=x.dtype, device=device)  # a . I of each row
 

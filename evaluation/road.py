@@ -22,6 +22,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
+from evaluation.baselines import cpu_generator
 from evaluation.complexity import MetricResult
 from evaluation.imputation import noisy_linear_imputation
 from evaluation.ordering import flip_step
@@ -86,8 +87,7 @@ class ROAD:
         # rows: one block of n samples per (order, percentage) that removes something
         blocks = [(o, count) for o in orders for count in removed_count if count > 0]
         x_cpu = x.detach().cpu()
-        generator = torch.Generator()
-        generator.manual_seed(self.seed) if self.seed is not None else generator.seed()
+        generator = cpu_generator(self.seed)
 
         def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
             row = torch.arange(start, stop)
