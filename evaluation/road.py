@@ -9,7 +9,8 @@ logit). The curves c(p) over p give
     AUC = trapezoid area under c over p            combined (order="both") = AUC(LeRF) - AUC(MoRF)
 
 the combined score being the project's symmetric relevance gain (higher is better); order="morf" scores AUC(MoRF)
-(lower is better), order="lerf" AUC(LeRF) (higher is better). pytorch-grad-cam's ROADCombined is
+(lower is better), order="lerf" AUC(LeRF) (higher is better). Both curves share the x axis "fraction removed"
+(the ROAD authors' code indexes LeRF by the fraction kept instead: their LeRF at p is ours at 1 - p). pytorch-grad-cam's ROADCombined is
 (mean LeRF - mean MoRF change of confidence) / 2 over its percentiles: a rescaled version of the same quantity.
 
 Rows (order, percentage, sample) are imputed chunk by chunk, ``batch_size`` at a time, one sparse solve per chunk,

@@ -221,7 +221,7 @@ def faithfulness_metrics(args) -> None:
     ]
     with torch.no_grad():
         stub = Stub(model(x[:1]).shape[1])
-    print(f"\n{'metric':<24} {'forwards':>8} {'bare s':>8} {'ours s':>8} {'reference':>9} {'ref s':>8} "
+    print(f"\n{'metric':<24} {'inputs':>8} {'bare s':>8} {'ours s':>8} {'reference':>9} {'ref s':>8} "
           f"{'ours/bare':>9} {'ref/ours':>8} {'overhead s':>10}")
     for metric in metrics:
         name = type(metric).__name__
@@ -234,8 +234,8 @@ def faithfulness_metrics(args) -> None:
         if run_reference is not None and not args.skip_quantus:
             reference_s = best_of(run_reference, args.repeats)
         bare_s, ours_s = min(bare), min(ours)
-        forwards = sum(len(c) for c in chunks)
-        print(f"{name:<24} {forwards:>8} {bare_s:>8.3f} {ours_s:>8.3f} {reference:>9} {reference_s:>8.3f} "
+        inputs = sum(len(c) for c in chunks)
+        print(f"{name:<24} {inputs:>8} {bare_s:>8.3f} {ours_s:>8.3f} {reference:>9} {reference_s:>8.3f} "
               f"{ours_s / bare_s:>9.3f} {reference_s / ours_s:>8.2f} {min(overhead):>10.3f}", flush=True)
 
 
