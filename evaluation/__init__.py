@@ -1,8 +1,13 @@
-"""Metrics of attributions on plain torch: faithfulness (pixel flipping, region perturbation, SRG), complexity
-(sparseness, entropy), randomisation (model parameters, random logit), robustness (sensitivity, local Lipschitz
-estimate), localisation (pointing game, relevance mass and rank), and Quantus's metrics."""
+"""Metrics of attributions on plain torch: faithfulness (pixel flipping, region perturbation, SRG, ROAD,
+deletion/insertion, faithfulness correlation, infidelity), complexity (sparseness, entropy), randomisation (model
+parameters, random logit), robustness (sensitivity, local Lipschitz estimate), localisation (pointing game, relevance
+mass and rank), and Quantus's metrics."""
 from evaluation.baselines import NAMED_BASELINES, make_baseline
 from evaluation.complexity import Complexity, MetricResult, Sparseness
+from evaluation.deletion_insertion import CurveResult, Deletion, Insertion
+from evaluation.faithfulness_correlation import FaithfulnessCorrelation, FaithfulnessCorrelationResult
+from evaluation.imputation import noisy_linear_imputation
+from evaluation.infidelity import Infidelity
 from evaluation.localisation import (AttributionLocalisation, PointingGame, RelevanceMassAccuracy,
                                      RelevanceRankAccuracy)
 from evaluation.perturbation_curve import PerturbationResult
@@ -13,6 +18,7 @@ from evaluation.quantus_adapter import KNOWN_BROKEN, QuantusMetric, QuantusMetri
 from evaluation.randomisation import ModelParameterRandomisation, RandomisationResult, RandomLogit
 from evaluation.region_perturbation import RegionPerturbation
 from evaluation.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
+from evaluation.road import ROAD, ROADResult
 from evaluation.scores import aopc, auc, symmetric_relevance_gain
 from evaluation.symmetric_relevance_gain import SymmetricRelevanceGain, SymmetricRelevanceResult
 
@@ -20,6 +26,12 @@ __all__ = [
     "AttributionLocalisation",
     "AvgSensitivity",
     "Complexity",
+    "CurveResult",
+    "Deletion",
+    "FaithfulnessCorrelation",
+    "FaithfulnessCorrelationResult",
+    "Infidelity",
+    "Insertion",
     "KNOWN_BROKEN",
     "LocalLipschitzEstimate",
     "MaxSensitivity",
@@ -32,6 +44,8 @@ __all__ = [
     "PointingGame",
     "QuantusMetric",
     "QuantusMetricError",
+    "ROAD",
+    "ROADResult",
     "RandomLogit",
     "RandomisationResult",
     "RegionPerturbation",
@@ -44,6 +58,7 @@ __all__ = [
     "auc",
     "evaluate_quantus",
     "make_baseline",
+    "noisy_linear_imputation",
     "rank_methods",
     "symmetric_relevance_gain",
 ]

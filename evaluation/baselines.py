@@ -46,6 +46,16 @@ def make_baseline(baseline: Baseline, x: Tensor, seed: int = 0, blur_sigma: floa
     return low + u * (high - low)
 
 
+def cpu_generator(seed: int | None) -> torch.Generator:
+    """The CPU generator the metrics draw from: seeded with ``seed``, or freshly seeded when it is None."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of each channel, kernel radius ceil(3 sigma), replicated borders."""
     if not sigma > 0:

@@ -34,7 +34,7 @@ def check_attribution(x: Tensor, attribution: Tensor) -> None:
 
 
 def check_metric_inputs(model: nn.Module, x: Tensor, attribution: Tensor) -> None:
-    """A model, a batch of images it takes, and an attribution of the same shape: every metric's arguments."""
+    """A model, a batch of images (N, C, H, W) it can take, and an attribution of them (``check_attribution``)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_input(x)
@@ -75,21 +75,29 @@ class PerturbationMetric(ABC):
         self, model: nn.Module, x: Tensor, attribution: Tensor, target: Target, orders: Sequence[str]
     ) -> list[PerturbationResult]:
         """One result per order, sharing the unperturbed forward pass and the batches."""
+        flips, steps, fraction, baseline = self.flip_plan(model, x, attribution, orders)
+        target, curves = perturbation_curves(
+            model, x.detach(), baseline, flips, steps, target, self.softmax, self.batch_size, self.progress,
+        )
+        return [PerturbationResult(c, fraction, target, order) for c, order in zip(curves, orders)]
+
+    def flip_plan(
+        self, model: nn.Module, x: Tensor, attribution: Tensor, orders: Sequence[str]
+    ) -> tuple[list[Tensor], int, Tensor, Tensor | float]:
+        """Check the inputs, then (flip-step map per order, number of steps, the curves' x axis, the baseline).
+
+        The baseline stays a number when it is one (the engine fills it in without gathering a tensor).
+        """
         check_metric_inputs(model, x, attribution)
         step_of = step_of_rank(*self._schedule(x))
         # rank where the model runs: one sort per sample on that device
         relevance = self._unit_relevance(attribution.to(device=model_device(model), dtype=x.dtype), x)
         flips = [self._spread(flip_step(relevance, order, step_of), x) for order in orders]
-        # a number stays a number: the engine fills it in without gathering a baseline tensor
         baseline = self.baseline if not isinstance(self.baseline, str) else make_baseline(
             self.baseline, x.detach(), self.seed, self.blur_sigma
         )
-        target, curves = perturbation_curves(
-            model, x.detach(), baseline, flips, number_of_steps(step_of), target,
-            self.softmax, self.batch_size, self.progress,
-        )
         fraction = flipped_fraction(step_of).to(device=x.device, dtype=x.dtype)
-        return [PerturbationResult(c, fraction, target, order) for c, order in zip(curves, orders)]
+        return flips, number_of_steps(step_of), fraction, baseline
 
     def steps_for(self, shape: Sequence[int]) -> int:
         """The number of flip steps (forward passes per sample and order) on inputs of ``shape`` (C, H, W)."""

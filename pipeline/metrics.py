@@ -24,6 +24,11 @@ class MetricSpec:
 
 SPECS = {
     "srg": MetricSpec("faithfulness", "SymmetricRelevanceGain"),
+    "road": MetricSpec("faithfulness", "ROAD"),
+    "deletion": MetricSpec("faithfulness", "Deletion"),
+    "insertion": MetricSpec("faithfulness", "Insertion"),
+    "faithfulness_correlation": MetricSpec("faithfulness", "FaithfulnessCorrelation"),
+    "infidelity": MetricSpec("faithfulness", "Infidelity"),
     "sparseness": MetricSpec("complexity", "Sparseness"),
     "entropy": MetricSpec("complexity", "Complexity"),
     "model_parameter_randomisation": MetricSpec("randomisation", "ModelParameterRandomisation", needs_analyzer=True),

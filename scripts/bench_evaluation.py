@@ -16,8 +16,14 @@ disturbed by other processes on a shared machine), the ratios ours / bare (floor
 those minima, and "paired": the median over repeats of ours / bare of the two runs made back to back. On a busy machine,
 ``--threads 1 --clock cpu`` measures the CPU time of this process instead, which waiting for a core does not inflate.
 
-    python scripts/bench_evaluation.py [--repeats 3] [--batch-size 64] [--skip-quantus] [--only digits|resnet]
-                                      [--threads T] [--clock wall|cpu]
+Then the faithfulness metrics (ROAD, Deletion, Insertion, FaithfulnessCorrelation, Infidelity) on the digits CNN,
+each against the reference doing the same work (grad-cam's ROADCombined over the same 9 fractions, Quantus's
+PixelFlipping with one-channel digits and a 0 baseline (= Deletion's work), Quantus's FaithfulnessCorrelation,
+Captum's infidelity with Gaussian noise) and against its bare forward passes: the inputs of its forward calls,
+recorded during a warm-up run, replayed. ROAD's overhead is mostly the imputation (sparse solves on the CPU).
+
+    python scripts/bench_evaluation.py [--repeats 3] [--batch-size 64] [--skip-quantus]
+                                      [--only digits|resnet|faithfulness] [--threads T] [--clock wall|cpu]
 """
 import argparse
 import statistics
@@ -26,10 +32,13 @@ import warnings
 
 import quantus
 import torch
+from captum.metrics import infidelity
+from pytorch_grad_cam.metrics.road import ROADCombined
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from torch import nn
 from torchvision.models import resnet18
 
-from evaluation import PixelFlipping
+from evaluation import ROAD, Deletion, FaithfulnessCorrelation, Infidelity, Insertion, PixelFlipping
 from evaluation.ordering import flip_step, step_of_rank
 from pipeline.bundled import digits_split, load_default_model
 
@@ -37,11 +46,13 @@ QUANTUS_BUDGET_S = 60.0  # repeat Quantus only while its runs add up to less tha
 
 
 def cases(only: str | None):
+    if only == "faithfulness":
+        return
     if only != "resnet":
         images, labels = digits_split("test")
         # 1024 / 32 = 32 steps; a run takes ~0.1 s, so 10x the repeats to see through other processes' noise
         yield "digits CNN", load_default_model(), images[:16], labels[:16], 32, 10
-    if only != "digits":
+    if only not in ("digits", "faithfulness"):
         torch.manual_seed(0)
         resnet = resnet18(weights=None).eval()
         rgb = torch.rand(8, 3, 224, 224)
@@ -59,6 +70,19 @@ def prebuilt_chunks(x, attribution, features_in_step, baseline, batch_size):
     perturbed = torch.stack([torch.where(flips <= s, torch.full_like(x, baseline), x) for s in range(1, steps + 1)], 1)
     perturbed = perturbed.reshape(n * steps, *x.shape[1:])
     return [x[i : i + batch_size] for i in range(0, n, batch_size)] + list(perturbed.split(batch_size)), steps
+
+
+class Recorder(nn.Module):
+    """The model, keeping a copy of every input batch it is called on."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.inputs = []
+
+    def forward(self, x):
+        self.inputs.append(x.clone())
+        return self.model(x)
 
 
 class Stub(nn.Module):
@@ -90,12 +114,34 @@ def time_call(fn):
     return clock() - start
 
 
+def alternating_runs(metric, model, stub, x, attribution, target, chunks, repeats):
+    """Wall (or CPU) times of bare, ours and ours on the stub; bare and ours alternate which goes first."""
+    bare, ours, overhead = [], [], []
+    for repeat in range(repeats):
+        if repeat % 2:
+            ours.append(time_call(lambda: metric(model, x, attribution, target)))
+        bare.append(time_bare(model, chunks))
+        if not repeat % 2:
+            ours.append(time_call(lambda: metric(model, x, attribution, target)))
+        overhead.append(time_call(lambda: metric(stub, x, attribution, target)))
+    return bare, ours, overhead
+
+
+def best_of(fn, repeats: int) -> float:
+    """The least time of up to ``repeats`` runs of a reference, repeated only while they add up to the budget."""
+    runs = []
+    while len(runs) < repeats and sum(runs) < QUANTUS_BUDGET_S:
+        runs.append(time_call(fn))
+    return min(runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--skip-quantus", action="store_true")
-    parser.add_argument("--only", choices=["digits", "resnet"], help="run one of the two models")
+    parser.add_argument("--only", choices=["digits", "resnet", "faithfulness"],
+                        help="run one of the two PixelFlipping models, or only the faithfulness metrics")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall time, or this process's CPU time (steady on a busy machine with --threads 1)")
@@ -119,32 +165,78 @@ def main() -> None:
         with torch.inference_mode():
             bare_last = torch.softmax(model(chunks[-1]), 1)[:, target[-1]][-1]
         assert torch.allclose(bare_last, ours_result.curve[-1, -1], atol=1e-5), "bare inputs differ from ours"
-        bare, ours, overhead = [], [], []
         with torch.no_grad():
             stub = Stub(model(x[:1]).shape[1])
-        for repeat in range(args.repeats * repeat_factor):  # alternate which goes first
-            if repeat % 2:
-                ours.append(time_call(lambda: metric(model, x, attribution, target)))
-            bare.append(time_bare(model, chunks))
-            if not repeat % 2:
-                ours.append(time_call(lambda: metric(model, x, attribution, target)))
-            overhead.append(time_call(lambda: metric(stub, x, attribution, target)))
+        bare, ours, overhead = alternating_runs(metric, model, stub, x, attribution, target, chunks,
+                                                args.repeats * repeat_factor)
         bare_s, ours_s, overhead_s = min(bare), min(ours), min(overhead)
         paired = statistics.median(o / b for o, b in zip(ours, bare))  # each pair ran back to back
         quantus_s = float("nan")
         if not args.skip_quantus:
             pf = quantus.PixelFlipping(features_in_step=k, perturb_baseline=baseline, disable_warnings=True,
                                        display_progressbar=False)
-            runs = []
-            while len(runs) < args.repeats * repeat_factor and sum(runs) < QUANTUS_BUDGET_S:
-                runs.append(time_call(lambda: pf(model=model, x_batch=x.numpy(), y_batch=target.numpy(),
-                                                 a_batch=attribution.numpy(), channel_first=True, device="cpu",
-                                                 batch_size=args.batch_size)))
-            quantus_s = min(runs)
+            quantus_s = best_of(lambda: pf(model=model, x_batch=x.numpy(), y_batch=target.numpy(),
+                                           a_batch=attribution.numpy(), channel_first=True, device="cpu",
+                                           batch_size=args.batch_size), args.repeats * repeat_factor)
         shape = "x".join(map(str, x.shape))
         print(f"{name:<11} {shape:<14} {steps:>5} {len(chunks):>8} {bare_s:>8.3f} {ours_s:>8.3f} {quantus_s:>9.3f} "
               f"{ours_s / bare_s:>9.3f} {paired:>6.3f} {quantus_s / ours_s:>12.2f} {overhead_s:>10.3f} "
               f"{overhead_s / bare_s:>13.3f}", flush=True)
+    if args.only in (None, "faithfulness"):
+        faithfulness_metrics(args)
+
+
+def faithfulness_metrics(args) -> None:
+    """Each new metric on 16 digits: bare, ours, the reference, our overhead (see the module docstring)."""
+    images, labels = digits_split("test")
+    model, x, target = load_default_model(), images[:16], labels[:16]
+    attribution = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    b = args.batch_size
+    noise = 0.003
+
+    def gaussian(inputs):
+        perturbation = noise * torch.randn_like(inputs)
+        return perturbation, inputs - perturbation
+
+    references = {
+        "ROAD": ("grad-cam", lambda: ROADCombined(percentiles=list(range(10, 100, 10)))(
+            x, attribution[:, 0].numpy(), [ClassifierOutputSoftmaxTarget(int(t)) for t in target], model)),
+        "Deletion": ("quantus", lambda: quantus.PixelFlipping(
+            features_in_step=32, perturb_baseline=0.0, disable_warnings=True, display_progressbar=False)(
+            model=model, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=attribution.numpy(), channel_first=True,
+            device="cpu", batch_size=b)),
+        "FaithfulnessCorrelation": ("quantus", lambda: quantus.FaithfulnessCorrelation(
+            perturb_baseline=0.0, return_aggregate=False, disable_warnings=True, display_progressbar=False)(
+            model=model, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=attribution.numpy(), channel_first=True,
+            device="cpu", batch_size=b)),
+        "Infidelity": ("captum", lambda: infidelity(model, gaussian, x, attribution, target=target,
+                                                    n_perturb_samples=10, max_examples_per_batch=b)),
+    }
+    metrics = [
+        ROAD(percentages=tuple(p / 10 for p in range(10)), batch_size=b, seed=0, progress=False),
+        Deletion(pixels_in_step=32, batch_size=b, progress=False),
+        Insertion(pixels_in_step=32, batch_size=b, progress=False),
+        FaithfulnessCorrelation(batch_size=b, seed=0, progress=False),
+        Infidelity(n_perturb_samples=10, noise_std=noise, batch_size=b, seed=0, progress=False),
+    ]
+    with torch.no_grad():
+        stub = Stub(model(x[:1]).shape[1])
+    print(f"\n{'metric':<24} {'inputs':>8} {'bare s':>8} {'ours s':>8} {'reference':>9} {'ref s':>8} "
+          f"{'ours/bare':>9} {'ref/ours':>8} {'overhead s':>10}")
+    for metric in metrics:
+        name = type(metric).__name__
+        recorder = Recorder(model)
+        metric(recorder, x, attribution, target)
+        chunks = recorder.inputs
+        bare, ours, overhead = alternating_runs(metric, model, stub, x, attribution, target, chunks, 3 * args.repeats)
+        reference, run_reference = references.get(name, ("-", None))
+        reference_s = float("nan")
+        if run_reference is not None and not args.skip_quantus:
+            reference_s = best_of(run_reference, args.repeats)
+        bare_s, ours_s = min(bare), min(ours)
+        inputs = sum(len(c) for c in chunks)
+        print(f"{name:<24} {inputs:>8} {bare_s:>8.3f} {ours_s:>8.3f} {reference:>9} {reference_s:>8.3f} "
+              f"{ours_s / bare_s:>9.3f} {reference_s / ours_s:>8.2f} {min(overhead):>10.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -371,7 +371,8 @@ def test_randomisation_and_robustness_metrics_re_explain_with_the_runs_analyzer(
 
     folder = run_job(make_cfg([
         "method=gradient", "dataset.limit=3", "heatmaps=3", "tracking.publish=false", "evaluation.steps=4",
-        "evaluation.metrics=[srg,max_sensitivity,model_parameter_randomisation]",
+        "evaluation.metrics=[srg,max_sensitivity,model_parameter_randomisation,road]",
+        "+evaluation.params.road.percentages=[0.0,0.5,0.9]",
         "+evaluation.params.max_sensitivity.nr_samples=3", "+evaluation.params.max_sensitivity.perturb_radius=0.05",
     ]), tmp_path / "out")
     model = load_default_model()
@@ -383,6 +384,10 @@ def test_randomisation_and_robustness_metrics_re_explain_with_the_runs_analyzer(
     np.testing.assert_allclose(table["max_sensitivity"].to_numpy(), sensitivity.scores.numpy(), rtol=1e-5)
     randomised = ModelParameterRandomisation(Gradient(model), seed=seed)(model, x, attribution)
     np.testing.assert_allclose(table["model_parameter_randomisation"].to_numpy(), randomised.scores.numpy(), rtol=1e-5)
+    from evaluation import ROAD
+
+    road = ROAD(percentages=[0.0, 0.5, 0.9], seed=seed)(model, x, attribution)
+    np.testing.assert_allclose(table["road"].to_numpy(), road.scores.numpy(), rtol=1e-5, atol=1e-7)
     metrics = json.loads((folder.results / "metrics.json").read_text())
     assert metrics["robustness/max_sensitivity"] == pytest.approx(sensitivity.scores.mean().item(), rel=1e-5)
     assert "randomisation/model_parameter_randomisation" in metrics
