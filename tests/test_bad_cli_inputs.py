@@ -34,9 +34,9 @@ def refused(monkeypatch, capsys, tmp_path, *overrides, flags=()) -> str:
     (["evaluation.steps=0"], "error: evaluation.steps=0 must be >= 1"),
     (["device=foo"], "error: device=foo is not a device: use device=auto"),
     (["device=cuda:7"], "error: device=cuda:7: this machine has"),
-    (["method=nosuch"], "error: method=nosuch is not an option of method; available: grad_cam, grad_cam_plus_plus, "
-                        "gradient, input_x_gradient, integrated_gradients, layer_cam, lrp, occlusion, score_cam, "
-                        "smoothgrad"),
+    (["method=nosuch"], "error: method=nosuch is not an option of method; available: deeplift, deeplift_shap, "
+                        "expected_gradients, grad_cam, grad_cam_plus_plus, gradient, gradient_shap, input_x_gradient, "
+                        "integrated_gradients, layer_cam, lrp, occlusion, score_cam, smoothgrad"),
     (["dataset.root=x"], "error: dataset.root is not a config key; dataset takes: input_high, input_low, kind,"),
     (["batch_size=abc"], "error: batch_size: Value 'abc' of type 'str' could not be converted to Integer"),
     (["+nokey=1"], "error: unknown config key(s) nokey; valid keys here: batch_size,"),
