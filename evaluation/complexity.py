@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from evaluation.similarity import normalise_by_max
 from xai.targets import Target
 
 
@@ -31,9 +32,7 @@ def _magnitudes(attribution: Tensor) -> Tensor:
         raise TypeError("attribution must be a floating-point tensor (N, ...) with one row per sample")
     if not torch.isfinite(attribution).all():
         raise ValueError("attribution contains NaN or Inf values: fix the explanation or use torch.nan_to_num")
-    flat = attribution.detach().flatten(1).abs()
-    peak = flat.amax(dim=1, keepdim=True)
-    return flat / torch.where(peak > 0, peak, torch.ones_like(peak))
+    return normalise_by_max(attribution.detach(), absolute=True)
 
 
 class Sparseness:

@@ -72,8 +72,9 @@ def all_keys() -> list[str]:
     return [*PIXEL_FLIPPING_KEYS, *(metric_key(n) for n in SPECS if n != "srg")]
 
 
-def extra_metrics(evaluation_cfg: DictConfig) -> list[str]:
-    """The configured metrics beyond those every run scores, checked by name, in the configured order."""
+def configured_metrics(evaluation_cfg: DictConfig) -> dict[str, dict]:
+    """The configured metrics beyond those every run scores, in the configured order, each with its
+    ``evaluation.params``; names and stray parameters are checked here."""
     names = list(evaluation_cfg.metrics)
     unknown = [n for n in names if n not in SPECS]
     if unknown:
@@ -86,7 +87,7 @@ def extra_metrics(evaluation_cfg: DictConfig) -> list[str]:
         raise ValueError(f"evaluation.params has parameters for {', '.join(stray)}: only metrics listed in "
                          f"evaluation.metrics take them, and not {', '.join(ALWAYS)} (pixel flipping's are "
                          "evaluation.steps, baseline, unit, softmax)")
-    return extra
+    return {n: dict(params.get(n) or {}) for n in extra}
 
 
 class MetricSuite:
@@ -95,14 +96,13 @@ class MetricSuite:
     def __init__(self, evaluation_cfg: DictConfig, has_masks: bool):
         import evaluation
 
-        self.names = extra_metrics(evaluation_cfg)
+        self.params = configured_metrics(evaluation_cfg)
+        self.names = list(self.params)
         needing_masks = [n for n in self.names if SPECS[n].needs_mask]
         if needing_masks and not has_masks:
             raise ValueError(f"evaluation.metrics={','.join(needing_masks)} need ground-truth masks, which this dataset "
                              "does not have: use dataset=digits_localisation, or dataset=image_folder with "
                              "dataset.mask_path=<folder of masks>, or drop them from evaluation.metrics")
-        params = OmegaConf.to_container(evaluation_cfg.params, resolve=True) if evaluation_cfg.params else {}
-        self.params = {n: dict(params.get(n) or {}) for n in self.names}
         self.classes = {n: getattr(evaluation, SPECS[n].cls) for n in self.names}
         for name in self.names:  # a bad parameter fails here, before any work
             if SPECS[name].needs_analyzer:
