@@ -86,6 +86,21 @@ class ShapleyConf:
 
 
 @dataclass
+class SurrogateConf:
+    """KernelSHAP and LIME: a surrogate model fitted per sample on feature groups (xai.features)."""
+
+    name: str = MISSING
+    features: str = "slic"  # slic (superpixels) or grid (square cells)
+    segments: int = 50  # slic: about how many superpixels
+    cell: Optional[int] = None  # grid: pixels per cell side; null: an 8 x 8 grid over the longer side
+    samples: int = 256  # coalitions per sample
+    baseline: float = 0.0  # the value of switched-off features
+    kernel_width: float = 1.0  # LIME: width of the kernel on cosine distances
+    alpha: float = 0.01  # LIME: the Lasso's L1 weight (0: weighted least squares)
+    batch_size: int = 64  # perturbed images per forward pass
+
+
+@dataclass
 class LRPConf:
     name: str = "lrp"
 
@@ -213,6 +228,7 @@ def register_configs() -> None:
     cs.store(group="schema/method", name="deeplift", node=DeepLIFTConf)
     cs.store(group="schema/method", name="shapley", node=ShapleyConf)
     cs.store(group="schema/method", name="occlusion", node=OcclusionConf)
+    cs.store(group="schema/method", name="surrogate", node=SurrogateConf)
     cs.store(group="schema/method", name="cam", node=CAMConf)
     cs.store(group="schema/composite", name="none", node=NoCompositeConf)
     cs.store(group="schema/composite", name="composite", node=CompositeConf)

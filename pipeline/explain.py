@@ -5,6 +5,7 @@ ignored (with a warning) and the run is tagged ``composite=none``, so the defaul
 ``conf/config.yaml`` does not get in the way of ``method=gradient``.
 """
 import warnings
+from functools import partial
 from typing import Optional
 
 import torch
@@ -16,8 +17,10 @@ from pipeline.input_range import composite_bound
 CAMS = {"grad_cam": "GradCAM", "grad_cam_plus_plus": "GradCAMPlusPlus", "layer_cam": "LayerCAM", "score_cam": "ScoreCAM"}
 #: Methods that explain against a background set of baselines drawn from the data (``background_ids``).
 SHAPLEY = {"deeplift_shap": "DeepLIFTShap", "gradient_shap": "GradientSHAP", "expected_gradients": "ExpectedGradients"}
+#: Methods that fit a surrogate model on feature groups per sample.
+SURROGATES = {"kernel_shap": "KernelSHAP", "lime": "LIME"}
 METHODS = ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion", *CAMS, "deeplift",
-           *SHAPLEY, "lrp")
+           *SHAPLEY, *SURROGATES, "lrp")
 COMPOSITES = {
     "epsilon_gamma_box": "EpsilonGammaBox",
     "epsilon_plus": "EpsilonPlus",
@@ -85,11 +88,32 @@ def build_analyzer(model: nn.Module, method: DictConfig, composite: DictConfig, 
     if name == "expected_gradients":
         return xai.ExpectedGradients(model, baselines=background, samples=method.samples, seed=seed,
                                      batch_size=method.batch_size)
+    if name in SURROGATES:
+        return build_surrogate(model, method, seed)
     if name == "score_cam":
         return xai.ScoreCAM(model, layer=method.layer, batch_size=method.batch_size)
     if name in CAMS:
         return getattr(xai, CAMS[name])(model, layer=method.layer)
     return xai.LRP(model, composite=build_composite(composite))
+
+
+def build_surrogate(model: nn.Module, method: DictConfig, seed: int):
+    """KernelSHAP or LIME on the configured segmentation (``method.features``: slic with ``segments``, grid with
+    ``cell``)."""
+    import xai
+    from xai.features import grid_segments, slic_segments
+
+    if method.features == "slic":
+        features = partial(slic_segments, n_segments=method.segments)
+    elif method.features == "grid":
+        features = partial(grid_segments, cell=method.cell)
+    else:
+        raise ValueError(f"method.features={method.features} is unknown; available: slic, grid")
+    common = dict(features=features, samples=method.samples, baseline=method.baseline, seed=seed,
+                  batch_size=method.batch_size)
+    if method.name == "lime":
+        return xai.LIME(model, kernel_width=method.kernel_width, alpha=method.alpha, **common)
+    return xai.KernelSHAP(model, **common)
 
 
 def build_composite(composite: DictConfig):

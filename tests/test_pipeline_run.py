@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from pipeline.config import CONF_DIR
 from pipeline.job import run_job
 from pipeline.models import load_model
 from pipeline.results import RunFolder
+from xai.features import slic_segments
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
@@ -272,6 +274,10 @@ def _background(seed=0, k=8):
     ("expected_gradients-none", lambda m: __import__("xai").ExpectedGradients(m, _background(), samples=16, seed=0)),
     ("gradient_shap-none", lambda m: __import__("xai").GradientSHAP(m, _background(), samples=16, seed=0)),
     ("occlusion-none", lambda m: __import__("xai").Occlusion(m, window=8, stride=4)),
+    ("kernel_shap-none", lambda m: __import__("xai").KernelSHAP(
+        m, features=partial(slic_segments, n_segments=50), samples=256, seed=0)),
+    ("lime-none", lambda m: __import__("xai").LIME(
+        m, features=partial(slic_segments, n_segments=50), samples=256, seed=0)),
     ("grad_cam-none", lambda m: __import__("xai").GradCAM(m)),
     ("grad_cam_plus_plus-none", lambda m: __import__("xai").GradCAMPlusPlus(m)),
     ("layer_cam-none", lambda m: __import__("xai").LayerCAM(m)),
