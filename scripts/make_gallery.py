@@ -1,7 +1,8 @@
 """Render docs/gallery.png: every method on the bundled model, for two classes of the same digit.
 
 Like ExplainableAI.jl's README table: rows are methods (Gradient, InputTimesGradient, SmoothGrad, Integrated
-Gradients, Occlusion, the four CAMs, LRP with each preset composite), columns the explained class. Red = positive relevance for the class,
+Gradients, DeepLIFT, the Shapley estimators, LIME, PatternNet/PatternAttribution (patterns fitted on the training
+split), Occlusion, the four CAMs, LRP with each preset composite), columns the explained class. Red = positive relevance for the class,
 blue = negative, white = 0 (each heatmap scaled to its own largest magnitude).
 
 Usage: ``python scripts/make_gallery.py [--out docs/gallery.png] [--index 0] [--other-class 8]``
@@ -15,8 +16,9 @@ from tqdm import tqdm
 import xai.lrp.composites as xc
 from pipeline.bundled import digits_split, load_default_model
 from xai import (
-    LRP, GradCAM, GradCAMPlusPlus, Gradient, InputTimesGradient, IntegratedGradients, LayerCAM, Occlusion, ScoreCAM,
-    SmoothGrad, heatmap, heatmap_grid,
+    LIME, LRP, DeepLIFT, DeepLIFTShap, ExpectedGradients, GradCAM, GradCAMPlusPlus, Gradient, GradientSHAP,
+    InputTimesGradient, IntegratedGradients, KernelSHAP, LayerCAM, Occlusion, PatternAttribution, PatternNet,
+    ScoreCAM, SmoothGrad, fit_patterns, heatmap, heatmap_grid,
 )
 from xai.heatmap import input_images
 
@@ -36,12 +38,22 @@ def main() -> None:
     first = int(ranked[0])
     second = args.other_class if args.other_class is not None else int(ranked[1])
     batch, targets = x.expand(2, -1, -1, -1), torch.tensor([first, second])
+    background = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:8]]
+    patterns = fit_patterns(model, digits_split("train")[0].split(256), progress=False)
 
     analyzers = {
         "Gradient": Gradient(model),
         "Input x\nGradient": InputTimesGradient(model),
         "SmoothGrad": SmoothGrad(model, seed=0),
         "Integrated\nGradients": IntegratedGradients(model),
+        "DeepLIFT": DeepLIFT(model),
+        "DeepLIFT\nShap": DeepLIFTShap(model, background),
+        "Gradient\nSHAP": GradientSHAP(model, background, samples=64, seed=0),
+        "Expected\nGradients": ExpectedGradients(model, background, samples=64, seed=0),
+        "KernelSHAP\n(grid)": KernelSHAP(model, features="grid", samples=256, seed=0),
+        "LIME\n(grid)": LIME(model, features="grid", samples=256, seed=0),
+        "PatternNet": PatternNet(model, patterns),
+        "Pattern\nAttribution": PatternAttribution(model, patterns),
         "Occlusion\n(8/4)": Occlusion(model, window=8, stride=4),
         "GradCAM": GradCAM(model),
         "GradCAM++": GradCAMPlusPlus(model),
