@@ -101,6 +101,16 @@ class SurrogateConf:
 
 
 @dataclass
+class PatternConf:
+    """PatternNet and PatternAttribution: patterns fitted once on the fit split (pipeline.patterns, cached)."""
+
+    name: str = MISSING
+    fit_split: str = "train"  # the split of the run's dataset the patterns are fitted on
+    fit_limit: Optional[int] = None  # its first N samples; null: all
+    batch_size: int = 64  # images per forward pass of the fit
+
+
+@dataclass
 class LRPConf:
     name: str = "lrp"
 
@@ -229,6 +239,7 @@ def register_configs() -> None:
     cs.store(group="schema/method", name="shapley", node=ShapleyConf)
     cs.store(group="schema/method", name="occlusion", node=OcclusionConf)
     cs.store(group="schema/method", name="surrogate", node=SurrogateConf)
+    cs.store(group="schema/method", name="pattern", node=PatternConf)
     cs.store(group="schema/method", name="cam", node=CAMConf)
     cs.store(group="schema/composite", name="none", node=NoCompositeConf)
     cs.store(group="schema/composite", name="composite", node=CompositeConf)

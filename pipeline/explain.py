@@ -19,8 +19,10 @@ CAMS = {"grad_cam": "GradCAM", "grad_cam_plus_plus": "GradCAMPlusPlus", "layer_c
 SHAPLEY = {"deeplift_shap": "DeepLIFTShap", "gradient_shap": "GradientSHAP", "expected_gradients": "ExpectedGradients"}
 #: Methods that fit a surrogate model on feature groups per sample.
 SURROGATES = {"kernel_shap": "KernelSHAP", "lime": "LIME"}
+#: Methods that explain with patterns fitted on data once per model (pipeline.patterns).
+PATTERN_METHODS = {"pattern_net": "PatternNet", "pattern_attribution": "PatternAttribution"}
 METHODS = ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion", *CAMS, "deeplift",
-           *SHAPLEY, *SURROGATES, "lrp")
+           *SHAPLEY, *SURROGATES, *PATTERN_METHODS, "lrp")
 COMPOSITES = {
     "epsilon_gamma_box": "EpsilonGammaBox",
     "epsilon_plus": "EpsilonPlus",
@@ -57,9 +59,9 @@ def background_ids(method: DictConfig, total: int, seed: int) -> list[int]:
 
 
 def build_analyzer(model: nn.Module, method: DictConfig, composite: DictConfig, seed: int,
-                   background: Optional[torch.Tensor] = None):
+                   background: Optional[torch.Tensor] = None, patterns=None):
     """The analyzer for one batch. ``seed`` feeds stochastic methods, so a resumed batch repeats its draws;
-    ``background`` holds the baselines of the Shapley methods."""
+    ``background`` holds the baselines of the Shapley methods, ``patterns`` (``xai.Patterns``) PatternNet's."""
     import xai  # the pipeline imports before every method exists; only the chosen one is needed
 
     name = method.name
@@ -90,6 +92,8 @@ def build_analyzer(model: nn.Module, method: DictConfig, composite: DictConfig, 
                                      batch_size=method.batch_size)
     if name in SURROGATES:
         return build_surrogate(model, method, seed)
+    if name in PATTERN_METHODS:
+        return getattr(xai, PATTERN_METHODS[name])(model, patterns)
     if name == "score_cam":
         return xai.ScoreCAM(model, layer=method.layer, batch_size=method.batch_size)
     if name in CAMS:

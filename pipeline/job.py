@@ -24,11 +24,12 @@ from pipeline.config import TargetChoice, config_hash, run_name, validate
 from pipeline.data import (batch_plan, dataset_source, iterate_batches, load_dataset, load_images, plan_index,
                            select_samples)
 from pipeline.evaluate import COMPLEXITY_METRICS, METRICS, Faithfulness, complexity_scores
-from pipeline.explain import background_ids, build_analyzer, build_composite, effective_composite
+from pipeline.explain import PATTERN_METHODS, background_ids, build_analyzer, build_composite, effective_composite
 from pipeline.metrics import MetricSuite
 from pipeline.identity import changes, code_version, input_identity
 from pipeline.input_range import check_input_range, input_bounds
 from pipeline.models import load_model, resolve_device
+from pipeline.patterns import run_patterns
 from pipeline.report import summarize
 from pipeline.results import RunFolder
 from pipeline.store import TrackingUnavailable, resolve_tracking_uri
@@ -56,6 +57,7 @@ def explain_and_score(
     faithfulness = Faithfulness(cfg.evaluation)
     ids = background_ids(cfg.method, len(data), cfg.seed)  # the same background in every batch and shard
     background = load_images(data, ids).to(device) if ids else None
+    patterns = run_patterns(model, cfg, folder.path) if cfg.method.name in PATTERN_METHODS else None
     kill_after = int(os.environ.get(KILL_AFTER_BATCHES_ENV, 0))
     loaded = iterate_batches(data, list(batches.values()), cfg.dataset.on_corrupt, cfg.dataset.num_workers)
     progress = tqdm(zip(batches, loaded), total=len(batches), desc="explain + evaluate", unit="batch")
@@ -73,7 +75,7 @@ def explain_and_score(
         if len(batch.ids):
             seed = cfg.seed + plan_index(index, cfg.dataset.num_shards, cfg.dataset.shard)  # shard-independent
             arrays |= _explain_and_score_batch(model, batch, cfg, faithfulness, suite, seed=seed, device=device,
-                                               background=background)
+                                               background=background, patterns=patterns)
         keep = np.isin(batch.ids.numpy(), sorted(heatmap_ids))
         arrays["heatmap_ids"] = batch.ids.numpy()[keep]
         arrays["heatmap_attribution"] = arrays.pop("attribution")[keep]
@@ -94,10 +96,11 @@ def check_data_fits_model(model: nn.Module, x: torch.Tensor, cfg: DictConfig) ->
 
 
 def _explain_and_score_batch(model, batch, cfg, faithfulness, suite, seed: int, device,
-                             background=None) -> dict[str, np.ndarray]:
+                             background=None, patterns=None) -> dict[str, np.ndarray]:
     x = batch.x.to(device)
     target = batch.labels.to(device) if cfg.target == TargetChoice.label else None
-    analyzer = lambda m: build_analyzer(m, cfg.method, cfg.composite, seed=seed, background=background)  # noqa: E731
+    analyzer = lambda m: build_analyzer(m, cfg.method, cfg.composite, seed=seed, background=background,  # noqa: E731
+                                        patterns=patterns)
     start = perf_counter()
     explanation = analyzer(model)(x, target)
     explained = perf_counter()

@@ -148,6 +148,8 @@ def _log_results(client, run_id: str, folder: RunFolder) -> None:
     for name in ("gallery.png", "curves.png"):
         if (results / name).exists():
             client.log_artifact(run_id, str(results / name), "figures")
+    if (folder.path / "patterns.pt").exists():  # PatternNet's fitted patterns (pipeline.patterns)
+        client.log_artifact(run_id, str(folder.path / "patterns.pt"), "results")
     client.log_artifact(run_id, str(folder.config_file), "config")
     if (folder.path / ".hydra").is_dir():
         client.log_artifacts(run_id, str(folder.path / ".hydra"), "hydra")

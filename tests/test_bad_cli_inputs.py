@@ -36,7 +36,8 @@ def refused(monkeypatch, capsys, tmp_path, *overrides, flags=()) -> str:
     (["device=cuda:7"], "error: device=cuda:7: this machine has"),
     (["method=nosuch"], "error: method=nosuch is not an option of method; available: deeplift, deeplift_shap, "
                         "expected_gradients, grad_cam, grad_cam_plus_plus, gradient, gradient_shap, input_x_gradient, "
-                        "integrated_gradients, kernel_shap, layer_cam, lime, lrp, occlusion, score_cam, smoothgrad"),
+                        "integrated_gradients, kernel_shap, layer_cam, lime, lrp, occlusion, pattern_attribution, pattern_net, "
+                        "score_cam, smoothgrad"),
     (["method=lime", "method.features=nosuch"], "error: method.features=nosuch is unknown; available: slic, grid"),
     (["dataset.root=x"], "error: dataset.root is not a config key; dataset takes: input_high, input_low, kind,"),
     (["batch_size=abc"], "error: batch_size: Value 'abc' of type 'str' could not be converted to Integer"),
