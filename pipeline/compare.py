@@ -203,7 +203,8 @@ def log_comparison(client, run_id: str, table: pd.DataFrame) -> None:
     plt.close(fig)
     if len(ranked_metrics(table)) > 1:
         ranking = metric_ranking(table)
-        shown = ranking.join(table.set_index("run_id")["run"]).reset_index()
+        named = ranking.rename_axis("run_id").join(table.set_index("run_id")["run"]).reset_index()
+        shown = named[["run", *ranking.columns, "run_id"]]  # the run's name first, its id last
         client.log_table(run_id, shown, f"{ARTIFACT_DIR}/metric_ranking.json")
         client.log_text(run_id, shown.to_csv(index=False), f"{ARTIFACT_DIR}/metric_ranking.csv")
         fig = rank_figure(table, ranking)

@@ -126,6 +126,7 @@ def test_ranks_across_all_metrics_by_mean_rank_or_by_one_metric_and_logs_the_ran
     logged = Path(client.download_artifacts(parent, "comparison", str(tmp_path)))
     ranking = json.loads((logged / "metric_ranking.json").read_text())
     columns = ranking["columns"]
+    assert columns[0] == "run" and columns[-1] == "run_id"  # the name first, the id last
     rows = {row[columns.index("run")]: row for row in ranking["data"]}
     assert rows["gradient-none"][columns.index("mean rank")] == pytest.approx((2 + 1 + 1) / 3)
     assert rows["lrp-epsilon_plus"][columns.index("faithfulness/srg rank")] == 1
