@@ -89,6 +89,7 @@ def test_nightly_sweeps_every_method_and_every_lrp_composite_once():
 
     from pipeline.config import CONF_DIR, run_name, validate
     from pipeline.explain import COMPOSITES, METHODS, uses_composite
+    from pipeline.metrics import SPECS, MetricSuite
 
     expected = {f"{m}-none" for m in METHODS if not uses_composite(m)} | {f"lrp-{c}" for c in COMPOSITES}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -96,7 +97,10 @@ def test_nightly_sweeps_every_method_and_every_lrp_composite_once():
         swept = nightly.hydra.sweeper.params.explainer.split(",")
         assert sorted(swept) == sorted(expected) and len(swept) == len(METHODS) - 1 + len(COMPOSITES)
         assert nightly.hydra.mode.name == "MULTIRUN" and nightly.tracking.tags.schedule == "nightly"
+        assert set(nightly.evaluation.metrics) == {n for n, spec in SPECS.items() if not spec.needs_mask} - {
+            "sparseness", "entropy"}  # all that apply to the digits (complexity is always scored)
         for explainer in swept:
             cfg = compose(config_name="config", overrides=["experiment=nightly", f"explainer={explainer}"])
             validate(cfg)
+            MetricSuite(cfg.evaluation, has_masks=False)  # every metric name and parameter is valid
             assert run_name(cfg.method.name, cfg.composite.name) == explainer  # the pair is what the run is named
