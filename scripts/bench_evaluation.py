@@ -22,8 +22,12 @@ PixelFlipping with one-channel digits and a 0 baseline (= Deletion's work), Quan
 Captum's infidelity with Gaussian noise) and against its bare forward passes: the inputs of its forward calls,
 recorded during a warm-up run, replayed. ROAD's overhead is mostly the imputation (sparse solves on the CPU).
 
+Last, the metrics that re-explain (MPRT, RandomLogit, Max/AvgSensitivity, LocalLipschitzEstimate) with
+``Gradient`` on the digits CNN against Quantus's, which get the same explainer through ``explain_func_for``, the
+same number of noisy copies (20) and randomised layers.
+
     python scripts/bench_evaluation.py [--repeats 3] [--batch-size 64] [--skip-quantus]
-                                      [--only digits|resnet|faithfulness] [--threads T] [--clock wall|cpu]
+                                      [--only digits|resnet|faithfulness|explainer] [--threads T] [--clock wall|cpu]
 """
 import argparse
 import statistics
@@ -38,21 +42,26 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from torch import nn
 from torchvision.models import resnet18
 
-from evaluation import ROAD, Deletion, FaithfulnessCorrelation, Infidelity, Insertion, PixelFlipping
+from evaluation import (
+    ROAD, AvgSensitivity, Deletion, FaithfulnessCorrelation, Infidelity, Insertion, LocalLipschitzEstimate,
+    MaxSensitivity, ModelParameterRandomisation, PixelFlipping, RandomLogit,
+)
+from evaluation.quantus_adapter import explain_func_for
 from evaluation.ordering import flip_step, step_of_rank
 from pipeline.bundled import digits_split, load_default_model
+from xai import Gradient
 
 QUANTUS_BUDGET_S = 60.0  # repeat Quantus only while its runs add up to less than this
 
 
 def cases(only: str | None):
-    if only == "faithfulness":
+    if only in ("faithfulness", "explainer"):
         return
     if only != "resnet":
         images, labels = digits_split("test")
         # 1024 / 32 = 32 steps; a run takes ~0.1 s, so 10x the repeats to see through other processes' noise
         yield "digits CNN", load_default_model(), images[:16], labels[:16], 32, 10
-    if only not in ("digits", "faithfulness"):
+    if only != "digits":
         torch.manual_seed(0)
         resnet = resnet18(weights=None).eval()
         rgb = torch.rand(8, 3, 224, 224)
@@ -140,8 +149,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--skip-quantus", action="store_true")
-    parser.add_argument("--only", choices=["digits", "resnet", "faithfulness"],
-                        help="run one of the two PixelFlipping models, or only the faithfulness metrics")
+    parser.add_argument("--only", choices=["digits", "resnet", "faithfulness", "explainer"],
+                        help="run one of the two PixelFlipping models, or only the faithfulness metrics, or only "
+                             "the re-explaining (randomisation, robustness) metrics")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall time, or this process's CPU time (steady on a busy machine with --threads 1)")
@@ -184,6 +194,8 @@ def main() -> None:
               f"{overhead_s / bare_s:>13.3f}", flush=True)
     if args.only in (None, "faithfulness"):
         faithfulness_metrics(args)
+    if args.only in (None, "explainer"):
+        explainer_metrics(args)
 
 
 def faithfulness_metrics(args) -> None:
@@ -237,6 +249,34 @@ def faithfulness_metrics(args) -> None:
         inputs = sum(len(c) for c in chunks)
         print(f"{name:<24} {inputs:>8} {bare_s:>8.3f} {ours_s:>8.3f} {reference:>9} {reference_s:>8.3f} "
               f"{ours_s / bare_s:>9.3f} {reference_s / ours_s:>8.2f} {min(overhead):>10.3f}", flush=True)
+
+
+def explainer_metrics(args) -> None:
+    """The re-explaining metrics on 16 digits with Gradient: ours vs Quantus 0.6.0 on the same work."""
+    images, labels = digits_split("test")
+    model, x, target = load_default_model(), images[:16], labels[:16]
+    explainer = Gradient(model)
+    attribution = explainer(x, target).attribution
+    copies, b = 20, args.batch_size
+    pairs = [
+        (ModelParameterRandomisation(explainer, progress=False), quantus.MPRT(disable_warnings=True)),
+        (RandomLogit(explainer, num_classes=10), quantus.RandomLogit(num_classes=10, disable_warnings=True)),
+        (MaxSensitivity(explainer, nr_samples=copies, batch_size=b, progress=False),
+         quantus.MaxSensitivity(nr_samples=copies, disable_warnings=True)),
+        (AvgSensitivity(explainer, nr_samples=copies, batch_size=b, progress=False),
+         quantus.AvgSensitivity(nr_samples=copies, disable_warnings=True)),
+        (LocalLipschitzEstimate(explainer, nr_samples=copies, batch_size=b, progress=False),
+         quantus.LocalLipschitzEstimate(nr_samples=copies, disable_warnings=True)),
+    ]
+    print(f"\n{'metric':<30} {'ours s':>8} {'quantus s':>9} {'quantus/ours':>12}")
+    for ours, reference in pairs:
+        ours_s = best_of(lambda: ours(model, x, attribution, target), args.repeats)
+        quantus_s = float("nan")
+        if not args.skip_quantus:
+            quantus_s = best_of(lambda: reference(
+                model=model, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=attribution.numpy().copy(),
+                explain_func=explain_func_for(Gradient), channel_first=True, device="cpu", batch_size=b), args.repeats)
+        print(f"{type(ours).__name__:<30} {ours_s:>8.3f} {quantus_s:>9.3f} {quantus_s / ours_s:>12.2f}", flush=True)
 
 
 if __name__ == "__main__":
