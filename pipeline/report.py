@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from pipeline.evaluate import COMPLEXITY_METRICS, METRICS
+from pipeline.html_report import render_report
 from pipeline.metrics import ALWAYS, SPECS, metric_key
 from pipeline.results import RunFolder, atomic_write, write_json
 
@@ -59,6 +60,9 @@ def summarize(folder: RunFolder, classes: list[str] | None = None, extra: dict[s
                                column_labels=titles)
         atomic_write(out / "gallery.png", lambda f: gallery.save(f, format="PNG"))
     _save_curves(out / "curves.png", curves)
+    page = render_report(folder.manifest["run_name"], folder.config_file.read_text(), metrics,
+                         {"heatmaps": out / "gallery.png", "pixel-flipping curves": out / "curves.png"})
+    atomic_write(out / "report.html", lambda f: f.write(page.encode()))
     return metrics
 
 

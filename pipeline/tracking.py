@@ -148,6 +148,8 @@ def _log_results(client, run_id: str, folder: RunFolder) -> None:
     for name in ("gallery.png", "curves.png"):
         if (results / name).exists():
             client.log_artifact(run_id, str(results / name), "figures")
+    if (results / "report.html").exists():  # runs finished before the report existed have none
+        client.log_artifact(run_id, str(results / "report.html"))
     if (folder.path / "patterns.pt").exists():  # PatternNet's fitted patterns (pipeline.patterns)
         client.log_artifact(run_id, str(folder.path / "patterns.pt"), "results")
     client.log_artifact(run_id, str(folder.config_file), "config")

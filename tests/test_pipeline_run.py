@@ -397,3 +397,38 @@ def test_randomisation_and_robustness_metrics_re_explain_with_the_runs_analyzer(
     metrics = json.loads((folder.results / "metrics.json").read_text())
     assert metrics["robustness/max_sensitivity"] == pytest.approx(sensitivity.scores.mean().item(), rel=1e-5)
     assert "randomisation/model_parameter_randomisation" in metrics
+
+
+def test_a_run_writes_a_self_contained_html_report_and_logs_it(tmp_path):
+    import re
+    from html.parser import HTMLParser
+
+    db = tmp_path / "mlflow.db"
+    folder = run_job(make_cfg(["method=gradient", "dataset.limit=3", "heatmaps=3", "evaluation.steps=4",
+                               f"tracking.uri=sqlite:///{db}", "tracking.experiment=t"]), tmp_path / "out")
+    page = (folder.results / "report.html").read_text()
+    metrics = json.loads((folder.results / "metrics.json").read_text())
+
+    class Tags(HTMLParser):
+        sources, scripts, links = [], 0, []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            self.scripts += tag == "script"
+            if tag == "img":
+                self.sources.append(attrs["src"])
+            if tag == "link":
+                self.links.append(attrs)
+
+    tags = Tags()
+    tags.feed(page)
+    assert tags.scripts == 0 and not tags.links  # nothing runs, nothing is fetched
+    assert len(tags.sources) == 2 and all(s.startswith("data:image/png;base64,") for s in tags.sources)
+    row = re.search(r"<tr><td>faithfulness/srg</td><td class=num>([^<]+)</td><td>higher</td></tr>", page)
+    assert row and float(row.group(1)) == pytest.approx(metrics["faithfulness/srg"], rel=1e-3)
+    assert "<td>complexity/entropy</td>" in page and "lower</td>" in page.split("complexity/entropy")[1][:60]
+    assert f"accuracy {metrics['model/accuracy']:.1%} on 3 samples" in page
+    assert "name: gradient" in page  # the config
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    run_id = client.search_runs([client.get_experiment_by_name("t").experiment_id])[0].info.run_id
+    assert "report.html" in {a.path for a in client.list_artifacts(run_id)}
