@@ -8,6 +8,7 @@ their metrics (``evaluation.rank_methods``: each metric ranked in its own direct
 figure of the ranks go into the sweep's parent run (``--parent``) or into a new run named ``comparison``.
 """
 import argparse
+import io
 import os
 import sys
 from typing import Optional
@@ -15,6 +16,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from pipeline.html_report import render_comparison
 from pipeline.store import resolve_tracking_uri
 
 #: Table column -> ``mlflow.search_runs`` column.
@@ -190,17 +192,26 @@ def rank_figure(table: pd.DataFrame, ranking: pd.DataFrame):
     return fig
 
 
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def log_comparison(client, run_id: str, table: pd.DataFrame) -> None:
     """Log the ranking (table + CSV + text), the curve figure and, with more metrics than SRG, the cross-metric
-    ranking and its figure into ``run_id``."""
+    ranking and its figure into ``run_id``, and all of it as one page, ``report.html``."""
     import matplotlib.pyplot as plt
 
     client.log_table(run_id, table.assign(rank=range(1, len(table) + 1)), f"{ARTIFACT_DIR}/ranking.json")
     client.log_text(run_id, table.to_csv(index=False), f"{ARTIFACT_DIR}/ranking.csv")
     client.log_text(run_id, format_table(table), f"{ARTIFACT_DIR}/ranking.txt")
+    figures = {}
     fig = curve_figure(client, table)
     client.log_figure(run_id, fig, f"{ARTIFACT_DIR}/curves.png")
+    figures["mean pixel-flipping curves"] = _png(fig)
     plt.close(fig)
+    shown = table
     if len(ranked_metrics(table)) > 1:
         ranking = metric_ranking(table)
         named = ranking.rename_axis("run_id").join(table.set_index("run_id")["run"]).reset_index()
@@ -209,7 +220,10 @@ def log_comparison(client, run_id: str, table: pd.DataFrame) -> None:
         client.log_text(run_id, shown.to_csv(index=False), f"{ARTIFACT_DIR}/metric_ranking.csv")
         fig = rank_figure(table, ranking)
         client.log_figure(run_id, fig, f"{ARTIFACT_DIR}/metric_ranks.png")
+        figures = {"rank per metric": _png(fig), **figures}
         plt.close(fig)
+    page = render_comparison(f"comparison of {len(table)} runs", shown.drop(columns="run_id"), figures)
+    client.log_text(run_id, page, "report.html")
     best = table.iloc[0]
     client.set_tag(run_id, "best_run", f"{best['run']} ({best['run_id']})")
 

@@ -133,3 +133,7 @@ def test_ranks_across_all_metrics_by_mean_rank_or_by_one_metric_and_logs_the_ran
     assert "faithfulness/auc_morf rank" not in columns  # a part of SRG, not a metric of its own
     with Image.open(logged / "metric_ranks.png") as plot:
         assert plot.size[0] > 300
+    page = Path(client.download_artifacts(parent, "report.html", str(tmp_path))).read_text()
+    assert page.count('src="data:image/png;base64,') == 2 and "<script" not in page  # ranks and curves, inline
+    assert "<th>mean rank</th>" in page and "<th>faithfulness/srg (higher is better)</th>" in page
+    assert page.index("<td>gradient-none</td>") < page.index("<td>lrp-epsilon_plus</td>")  # best mean rank first
