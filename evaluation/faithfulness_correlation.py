@@ -26,6 +26,7 @@ from evaluation.perturbed_scores import perturbed_scores
 from xai.batched_gradients import check_batch_size
 from xai.model_guard import model_device
 from xai.targets import Target
+from xai.validation import positive_int
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,7 @@ class FaithfulnessCorrelation:
 
     def __post_init__(self):
         for name in ("nr_runs", "subset_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(getattr(self, name), name)
         if self.nr_runs < 2:
             raise ValueError(f"nr_runs must be at least 2 (a correlation needs two runs), got {self.nr_runs}")
         check_baseline(self.baseline)

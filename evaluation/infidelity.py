@@ -26,7 +26,7 @@ from evaluation.perturbed_scores import perturbed_scores
 from xai.batched_gradients import check_batch_size
 from xai.model_guard import model_device
 from xai.targets import Target
-from xai.validation import finite_number
+from xai.validation import finite_number, positive_int
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,7 @@ class Infidelity:
     higher_is_better: ClassVar[bool] = False
 
     def __post_init__(self):
-        samples = self.n_perturb_samples
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"n_perturb_samples must be a positive int, got {samples!r}")
+        positive_int(self.n_perturb_samples, "n_perturb_samples")
         if finite_number(self.noise_std, "noise_std") <= 0:
             raise ValueError(f"noise_std must be positive (the standard deviation of the noise), got {self.noise_std}")
         check_batch_size(self.batch_size)

@@ -3,6 +3,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from xai.validation import positive_int
+
 ORDERS = ("morf", "lerf")
 
 
@@ -23,8 +25,7 @@ def step_of_rank(units: int, per_step: int | None, steps: int | None, what: str)
     if (per_step is None) == (steps is None):
         raise ValueError("give exactly one of a number of features per step and a number of steps")
     count, name = (per_step, "features per step") if per_step is not None else (steps, "steps")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"the number of {name} must be a positive int, got {count!r}")
+    positive_int(count, f"the number of {name}")
     if count > units:
         raise ValueError(f"{count} {name} is more than the {units} {what} there are: use at most {units} {name}")
     rank = torch.arange(units)

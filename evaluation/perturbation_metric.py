@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from evaluation.baselines import check_baseline, make_baseline
 from evaluation.ordering import check_order, flip_step, flipped_fraction, number_of_steps, step_of_rank
 from evaluation.perturbation_curve import PerturbationResult, perturbation_curves
-from xai.validation import check_input, check_model_input
+from xai.validation import check_input, check_model_input, positive_int
 from xai.model_guard import model_device
 from xai.targets import Target
 
@@ -64,8 +64,7 @@ class PerturbationMetric(ABC):
     def _check_options(self) -> None:
         check_baseline(self.baseline)
         check_order(self.order)
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        positive_int(self.batch_size, "batch_size")
 
     def __call__(self, model: nn.Module, x: Tensor, attribution: Tensor, target: Target = None) -> PerturbationResult:
         """The curve of each sample in ``self.order``; ``target`` as for analyzers (None = the top class on x)."""

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from evaluation.perturbation_metric import PerturbationMetric
+from xai.validation import positive_int
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,7 @@ class RegionPerturbation(PerturbationMetric):
 
     def __post_init__(self):
         self._check_options()
-        size = self.region_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"region_size must be a positive int (side of the square in pixels), got {size!r}")
+        positive_int(self.region_size, "region_size", "side of the square in pixels")
         if self.regions_in_step is not None and self.steps is not None:
             raise ValueError("give regions_in_step or steps, not both")
 

@@ -29,7 +29,7 @@ from xai.analyzer import predict
 from xai.batched_gradients import check_batch_size
 from xai.model_guard import borrowed
 from xai.targets import Target
-from xai.validation import finite_number
+from xai.validation import finite_number, positive_int
 
 # distance(x rows, x' rows, A rows, E(x') rows) -> (rows,) per copy
 CopyScore = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -68,9 +68,7 @@ def copy_scores(
 
 
 def check_nr_samples(nr_samples: int) -> int:
-    if isinstance(nr_samples, bool) or not isinstance(nr_samples, int) or nr_samples < 1:
-        raise ValueError(f"nr_samples must be a positive int (noisy copies per sample), got {nr_samples!r}")
-    return nr_samples
+    return positive_int(nr_samples, "nr_samples", "noisy copies per sample")
 
 
 def relative_change(inputs: Tensor, perturbed: Tensor, attribution: Tensor, explained: Tensor) -> Tensor:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from xai.validation import positive_int
+
 Features = Union[str, Tensor, Callable[[Tensor], Tensor]]
 
 #: The named segmentations ``features=`` accepts, with their default parameters.
@@ -31,8 +33,7 @@ def slic_segments(x: Tensor, n_segments: int = 50, compactness: float = 10.0) ->
     from skimage.segmentation import slic
 
     _check_images(x, "slic_segments")
-    if isinstance(n_segments, bool) or not isinstance(n_segments, int) or n_segments < 1:
-        raise ValueError(f"n_segments must be a positive int (about how many superpixels), got {n_segments!r}")
+    positive_int(n_segments, "n_segments", "about how many superpixels")
     if isinstance(compactness, bool) or not isinstance(compactness, (int, float)) or not compactness > 0:
         raise ValueError(f"compactness must be a positive number (higher: squarer superpixels), got {compactness!r}")
     images = x.detach().to("cpu", torch.float64)

@@ -17,7 +17,7 @@ from xai.analyzer import Analyzer, predict
 from xai.batched_gradients import check_batch_size, weighted_gradient_sum
 from xai.deeplift import check_baseline_set, checked_against_input
 from xai.smoothgrad import NoiseDraws
-from xai.validation import finite_number
+from xai.validation import check_seed, finite_number, positive_int
 
 
 class Draws:
@@ -53,12 +53,9 @@ class GradientSHAP(Analyzer):
     ):
         super().__init__(model)
         self.baselines = check_baseline_set(baselines)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"samples must be a positive int (number of baseline draws), got {samples!r}")
+        positive_int(samples, "samples", "number of baseline draws")
         self.stdevs = finite_number(stdevs, "stdevs (the input noise's standard deviation)", minimum=0)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        self.samples, self.seed = samples, seed
+        self.samples, self.seed = samples, check_seed(seed)
         self.batch_size = check_batch_size(batch_size)
 
     def draws(self) -> Draws:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from xai.analyzer import Analyzer, predict
 from xai.batched_gradients import check_batch_size, weighted_gradient_sum
-from xai.validation import finite_number
+from xai.validation import finite_number, positive_int
 
 SCHEMES = ("riemann_trapezoid", "riemann_right", "riemann_left", "riemann_middle", "gausslegendre")
 Baseline = None | float | Tensor
@@ -96,8 +96,7 @@ class IntegratedGradients(Analyzer):
         fold_batchnorm: bool = False,
     ):
         super().__init__(model)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int (points on the path), got {steps!r}")
+        positive_int(steps, "steps", "points on the path")
         check_baseline(baseline)
         self.points, self.weights = quadrature(scheme, steps)
         self.steps, self.baseline, self.scheme = steps, baseline, scheme

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from xai.analyzer import Analyzer, predict
 from xai.batched_gradients import check_batch_size
-from xai.validation import finite_number
+from xai.validation import finite_number, positive_int
 
 
 def window_starts(size: int, window: int, stride: int) -> Tensor:
@@ -38,8 +38,7 @@ class Occlusion(Analyzer):
                  batch_size: int = 64):
         super().__init__(model)
         for name, value in (("window", window), ("stride", stride)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int (pixels), got {value!r}")
+            positive_int(value, name, "pixels")
         if stride > window:
             raise ValueError(f"stride={stride} is larger than window={window}: pixels between windows would get no "
                              "attribution; use stride <= window")

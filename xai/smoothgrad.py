@@ -4,7 +4,7 @@ from torch import Tensor, nn
 
 from xai.analyzer import Analyzer, predict
 from xai.batched_gradients import check_batch_size, weighted_gradient_sum
-from xai.validation import finite_number
+from xai.validation import check_seed, finite_number, positive_int
 
 
 class NoiseDraws:
@@ -67,12 +67,9 @@ class SmoothGrad(Analyzer):
         fold_batchnorm: bool = False,
     ):
         super().__init__(model)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"samples must be a positive int (number of noisy copies), got {samples!r}")
+        positive_int(samples, "samples", "number of noisy copies")
         noise_level = finite_number(noise_level, "noise_level (a fraction of the input's range)", minimum=0)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        self.samples, self.noise_level, self.seed = samples, noise_level, seed
+        self.samples, self.noise_level, self.seed = samples, noise_level, check_seed(seed)
         self.batch_size = check_batch_size(batch_size)
         self.fold_batchnorm = bool(fold_batchnorm)
 

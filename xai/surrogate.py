@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from xai.analyzer import Analyzer, predict
 from xai.batched_gradients import check_batch_size
 from xai.features import Features, check_features, feature_counts, segments_for
-from xai.validation import finite_number
+from xai.validation import check_seed, finite_number, positive_int
 
 #: FISTA stops when no coefficient moved by more than this fraction of the largest one in a step.
 LASSO_STEP_TOLERANCE = 1e-13
@@ -35,16 +35,7 @@ LASSO_MAX_STEPS = 100_000
 
 def check_samples(samples: int) -> int:
     """The number of coalitions drawn per sample: an int >= 2 (a line through fewer points is not determined)."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"samples must be an int >= 2 (coalitions drawn per sample, each one forward input), "
-                         f"got {samples!r}")
-    return samples
-
-
-def check_seed(seed: int | None) -> int | None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    return seed
+    return positive_int(samples, "samples", "coalitions drawn per sample, each one forward input", minimum=2)
 
 
 def padded_coalitions(counts: Tensor, samples: int, seed: int, draw) -> Tensor:

@@ -27,6 +27,21 @@ def finite_number(value: Any, name: str, minimum: float | None = None) -> float:
     return float(value)
 
 
+def positive_int(value: Any, name: str, meaning: str = "", minimum: int = 1) -> int:
+    """``value`` if it is an int >= ``minimum`` (bools refused); the error names ``name`` and what it counts."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {kind}{f' ({meaning})' if meaning else ''}, got {value!r}")
+    return value
+
+
+def check_seed(seed: Any) -> int | None:
+    """An int seed or None (fresh draws), as given."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    return seed
+
+
 def module_at(model: nn.Module, path: str, argument: str) -> nn.Module:
     """The module at ``path`` (as in ``named_modules()``), or an error naming ``argument`` and the closest paths."""
     modules = dict(model.named_modules())
