@@ -167,24 +167,36 @@ def dataset_digest(dataset: DictConfig, ids: list[int]) -> str:
     return hashlib.sha256(json.dumps([dataset.name, dataset.path, dataset.split, ids]).encode()).hexdigest()[:32]
 
 
+def check_explainer(cfg: DictConfig) -> str:
+    """Fail before any work on bad input bounds, a method without its composite or bad rule parameters; returns
+    the composite the run uses (``none`` for methods that take none)."""
+    input_bounds(cfg.dataset.input_low, cfg.dataset.input_high)
+    composite = effective_composite(cfg.method, cfg.composite)  # method=lrp composite=none fails here
+    if composite != "none":
+        build_composite(cfg.composite)
+    return composite
+
+
+def plan_samples(cfg: DictConfig, total: int) -> tuple[list[int], list[int], list[list[int]]]:
+    """The sample ids of this job (of ``total``), the heatmap samples among them and the batch plan."""
+    ids = select_samples(total, cfg.dataset.limit, cfg.dataset.num_shards, cfg.dataset.shard, cfg.batch_size)
+    first = select_samples(total, cfg.dataset.limit)[: cfg.heatmaps]  # the same heatmap samples in every shard
+    heatmap_ids = [i for i in first if i in set(ids)]
+    return ids, heatmap_ids, batch_plan(ids, cfg.batch_size)
+
+
 def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
     """Run (or resume) one config into ``output_dir``, then publish it unless ``tracking.publish=false``."""
     validate(cfg)
     device = resolve_device(cfg.device)  # no such device fails before any work
-    input_bounds(cfg.dataset.input_low, cfg.dataset.input_high)  # so do bad bounds
-    composite = effective_composite(cfg.method, cfg.composite)  # method=lrp composite=none fails before any work
-    if composite != "none":
-        build_composite(cfg.composite)  # so do bad rule parameters
+    composite = check_explainer(cfg)
     start = perf_counter()
     folder = RunFolder(output_dir)
     torch.manual_seed(cfg.seed)
 
     data = load_dataset(cfg.dataset)
     suite = MetricSuite(cfg.evaluation, has_masks=getattr(data, "has_masks", False))  # bad metrics fail here
-    ids = select_samples(len(data), cfg.dataset.limit, cfg.dataset.num_shards, cfg.dataset.shard, cfg.batch_size)
-    first = select_samples(len(data), cfg.dataset.limit)[: cfg.heatmaps]  # the same heatmap samples in every shard
-    heatmap_ids = [i for i in first if i in set(ids)]
-    batches = batch_plan(ids, cfg.batch_size)
+    ids, heatmap_ids, batches = plan_samples(cfg, len(data))
     config_yaml = OmegaConf.to_yaml({k: cfg[k] for k in cfg if k != "hydra"}, resolve=True)
     classes = {"classes": list(getattr(data, "classes", None) or [])}  # for the titles of a later shard merge
     wanted = manifest_for(cfg, composite, ids, batches, heatmap_ids) | classes

@@ -126,17 +126,28 @@ def _say_if_published_before(client, experiment_id: str, run_key: str, parent: s
 
 
 def _log_results(client, run_id: str, folder: RunFolder) -> None:
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Param
+
+    config = OmegaConf.to_container(OmegaConf.load(folder.config_file))
+    params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start : start + 100])
+    log_outputs(client, run_id, folder)
+    _log_dataset(client, run_id, folder.manifest)
+
+
+def log_outputs(client, run_id: str, folder: RunFolder) -> None:
+    """Log a results folder's metrics, curves, heatmap images, tables and figures into a run (no params, no
+    dataset: also into a run that is not the pipeline's, e.g. the ``xai`` MLflow evaluator's)."""
+    from mlflow.entities import Metric
 
     results = folder.results
-    config = OmegaConf.to_container(OmegaConf.load(folder.config_file))
     now = int(time.time() * 1000)
-    params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
     metrics = [Metric(k, v, now, 0) for k, v in read_json(results / "metrics.json").items()]
     for order, curve in read_json(results / "curves.json").items():
         metrics += [Metric(f"curve/{order}", value, now, step) for step, value in enumerate(curve)]
-    for start in range(0, max(len(params), len(metrics)), 100):
-        client.log_batch(run_id, metrics=metrics[start : start + 100], params=params[start : start + 100])
+    for start in range(0, len(metrics), 100):
+        client.log_batch(run_id, metrics=metrics[start : start + 100])
 
     for path in sorted((results / "heatmaps").glob("*.png")):
         sample_id = int(path.stem.split("_")[-1])
@@ -155,7 +166,6 @@ def _log_results(client, run_id: str, folder: RunFolder) -> None:
     client.log_artifact(run_id, str(folder.config_file), "config")
     if (folder.path / ".hydra").is_dir():
         client.log_artifacts(run_id, str(folder.path / ".hydra"), "hydra")
-    _log_dataset(client, run_id, folder.manifest)
 
 
 def _log_dataset(client, run_id: str, manifest: dict[str, Any]) -> None:
