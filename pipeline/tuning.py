@@ -13,6 +13,7 @@ composite's ``name`` (it selects the rules: ``pipeline.explain.COMPOSITES``), so
 their ``composite.*`` params and config hash, not by their run name.
 """
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.cli import USAGE_ERROR
 from pipeline.config import safe_path_part
 from pipeline.locks import this_process
 from pipeline.results import atomic_write, read_json
@@ -74,17 +76,25 @@ class TunedComposite(Callback):
         return tuned_dir(self.conf_dir) / f"{self.name}.yaml"
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Refuse, before any trial runs, a sweep whose best parameters could not become a composite file."""
-        sweeper = config.hydra.sweeper
-        if sweeper._target_ != OPTUNA_SWEEPER:
-            raise ValueError(f"the tuned_composite callback needs hydra/sweeper=optuna (got {sweeper._target_}): "
-                             "use experiment=tune_lrp, or remove hydra.callbacks.tuned_composite")
-        others = [key for key in sweeper.params or {} if not str(key).startswith(PREFIX)]
-        if others or not sweeper.params:
-            raise ValueError(f"hydra.sweeper.params may search only {PREFIX}* keys for a tuned composite (got "
-                             f"{', '.join(map(str, others)) or 'none'}): e.g. hydra.sweeper.params.composite.gamma="
-                             "'tag(log, interval(0.01, 1))'")
+        """Refuse, before any trial runs, a sweep whose best parameters could not become a composite file (an exit:
+        Hydra turns a callback's exception into a warning and would run every trial all the same)."""
+        problem = self._problem(config.hydra.sweeper)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            raise SystemExit(USAGE_ERROR)
         self.started = time.time()
+
+    @staticmethod
+    def _problem(sweeper: DictConfig) -> Optional[str]:
+        if sweeper._target_ != OPTUNA_SWEEPER:
+            return (f"the tuned_composite callback needs hydra/sweeper=optuna (got {sweeper._target_}): use "
+                    "experiment=tune_lrp, or remove hydra.callbacks.tuned_composite")
+        others = [str(key) for key in sweeper.params or {} if not str(key).startswith(PREFIX)]
+        if others or not sweeper.params:
+            return (f"hydra.sweeper.params may search only {PREFIX}* keys for a tuned composite (got "
+                    f"{', '.join(others) or 'none'}): e.g. hydra.sweeper.params.composite.gamma='tag(log, "
+                    "interval(0.01, 1))'")
+        return None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from pipeline.run import OBJECTIVE
