@@ -28,7 +28,7 @@ from xai.lrp.canonize import BATCH_NORM_TYPES, AffineLayer
 from xai.lrp.composites import Composite, default_composite
 from xai.errors import UnsupportedModelError
 from xai.lrp.functional import (GATE_OPS, GATE_TYPES, MODULE_FORMS, FunctionalCall, Kind, canonical, classify,
-                                out_of_place)
+                                op_name, out_of_place)
 from xai.lrp.model_check import ADVICE, Trace, check_modules, is_norm_act, trace
 from xai.lrp.rules import GateRule, LayerOutput, LinearRule, PassRule, ProductRule, Rule, signed_epsilon
 from xai.targets import Target, one_hot_at, resolve_target
@@ -166,16 +166,16 @@ class _RelevanceForward(TorchFunctionMode):
                 if func is F.relu and self.rectifiable.relu_in_place(args[0], self.rectifiable.relu_rule):
                     return args[0]
                 return func(*args, **{**kwargs, "inplace": False})
-            name = getattr(func, "__name__", "")
-            out_of_place = getattr(Tensor, name[:-1], None) if name.endswith("_") and name[0] != "_" else None
-            if out_of_place is not None:
-                return out_of_place(*args, **kwargs)
+            name = op_name(func)
+            if name.endswith("_") and name[0] != "_" and hasattr(Tensor, name[:-1]):
+                op, op_kwargs = out_of_place(func, kwargs)
+                return op(*args, **op_kwargs)
         return func(*args, **kwargs)
 
     def _rule(self, func, name: str, args: tuple, kwargs: dict) -> Tensor:
         """A functional op with the rule of its module form, as its module's hook would apply it."""
         x, rule = args[0], self.functional_rules[name]
-        in_place = kwargs.get("inplace") is True or getattr(func, "__name__", "").endswith("_")
+        in_place = kwargs.get("inplace") is True or op_name(func).endswith("_")
         if name == "relu" and in_place and self.rectifiable.relu_in_place(x, rule):
             return x
         call = FunctionalCall(func, args, kwargs)

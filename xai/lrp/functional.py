@@ -17,6 +17,7 @@ what the check accepts is exactly what the engine explains. New op families (att
 from enum import Enum
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
 ROUTING_OPS = frozenset({
@@ -48,6 +49,8 @@ QUOTIENT_OPS = frozenset({"div", "__truediv__", "divide", "true_divide"})
 MATMUL_OPS = frozenset({"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "einsum", "baddbmm",
                         "scaled_dot_product_attention"})
 SOFTMAX_OPS = frozenset({"softmax", "log_softmax", "softmin"})
+#: Ops that read a tensor's shape (exported graphs call ``sym_size`` for a dynamic batch): no relevance flows.
+SHAPE_OPS = frozenset({"size", "sym_size", "sym_numel", "sym_stride", "dim", "numel", "stride"})
 _IN_PLACE_DUNDERS = {"__iadd__": "__add__", "__imul__": "__mul__", "__itruediv__": "__truediv__"}
 
 
@@ -63,9 +66,14 @@ class Kind(Enum):
     UNKNOWN = "no rule"
 
 
+def op_name(func: Callable) -> str:
+    """``relu_`` for ``torch.ops.aten.relu_.default`` (the ops of an exported graph), else the ``__name__``."""
+    return func._opname if isinstance(func, torch._ops.OpOverload) else getattr(func, "__name__", "")
+
+
 def canonical(func: Callable) -> str:
     """The op's name without its in-place marker: ``relu_`` -> ``relu``, ``__iadd__`` -> ``__add__``."""
-    name = getattr(func, "__name__", "")
+    name = op_name(func)
     if name in _IN_PLACE_DUNDERS:
         return _IN_PLACE_DUNDERS[name]
     return name[:-1] if name.endswith("_") and not name.startswith("_") else name
@@ -85,7 +93,7 @@ def activations(args: tuple, kwargs: dict) -> list[Tensor]:
 def classify(name: str, args: tuple, kwargs: dict) -> Kind:
     """What LRP does with the op ``name`` (see ``canonical``) on these arguments."""
     carrying = activations(args, kwargs)
-    if not carrying:
+    if not carrying or name in SHAPE_OPS:
         return Kind.NONE
     if name in ROUTING_OPS:
         return Kind.ROUTE
@@ -109,9 +117,11 @@ def out_of_place(func: Callable, kwargs: dict) -> tuple[Callable, dict]:
     """The out-of-place form of an op called in place (``relu_``, ``F.relu(x, inplace=True)``)."""
     if kwargs.get("inplace") is True:
         kwargs = {**kwargs, "inplace": False}
-    name = getattr(func, "__name__", "")
+    name = op_name(func)
     if name in _IN_PLACE_DUNDERS:
         return getattr(Tensor, _IN_PLACE_DUNDERS[name]), kwargs
+    if isinstance(func, torch._ops.OpOverload) and name.endswith("_") and hasattr(torch.ops.aten, name[:-1]):
+        return getattr(getattr(torch.ops.aten, name[:-1]), func._overloadname), kwargs
     if name.endswith("_") and not name.startswith("_") and hasattr(Tensor, name[:-1]):
         func = getattr(Tensor, name[:-1])
     return func, kwargs
@@ -129,4 +139,4 @@ class FunctionalCall:
 
 
 __all__ = ["FunctionalCall", "GATE_OPS", "GATE_TYPES", "Kind", "MODULE_FORMS", "ROUTING_OPS", "activations",
-           "canonical", "classify", "out_of_place"]
+           "canonical", "classify", "op_name", "out_of_place"]
