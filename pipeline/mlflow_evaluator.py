@@ -30,7 +30,6 @@ from pipeline.metrics import MetricSuite
 from pipeline.report import summarize
 from pipeline.results import RunFolder
 from pipeline.tracking import log_outputs
-from xai.errors import UnsupportedModelError
 
 #: evaluator_config keys and what each must be.
 CONFIG_KEYS = {
@@ -55,10 +54,8 @@ RESULT_ARTIFACTS = {
     "metrics": ("results/metrics.json", JsonEvaluationArtifact),
     "pixel_flipping_curves": ("results/curves.json", JsonEvaluationArtifact),
 }
-PT2_ADVICE = ("the model was logged with serialization_format='pt2' (MLflow 3's default), and torch.export flattens "
-              "its layers into one graph that this method cannot find its layers in: log the model with "
-              "mlflow.pytorch.log_model(model, ..., serialization_format='pickle'), or choose a gradient method "
-              "(evaluator_config method=gradient)")
+#: How to log a model the evaluator can explain.
+LOG_AS_PICKLE = "mlflow.pytorch.log_model(model, ..., serialization_format='pickle') and pass its model URI"
 
 
 class XaiEvaluator(ModelEvaluator):
@@ -66,6 +63,8 @@ class XaiEvaluator(ModelEvaluator):
 
     @classmethod
     def can_evaluate(cls, *, model_type: str, evaluator_config: dict[str, Any], **kwargs) -> bool:
+        """Classifiers only; MLflow does not show this method the model, so ``evaluate`` says when it is no torch
+        image classifier."""
         return model_type == "classifier"
 
     def evaluate(self, *, model_type: str, dataset, run_id: str, evaluator_config: dict[str, Any], model=None,
@@ -136,8 +135,13 @@ def torch_module(model) -> nn.Module:
     if not isinstance(raw, nn.Module):
         flavors = sorted(getattr(getattr(model, "metadata", None), "flavors", None) or [])
         raise TypeError(f"the xai evaluator explains PyTorch models, got {type(raw or model).__name__} (flavors: "
-                        f"{', '.join(flavors) or 'none'}): log the model with mlflow.pytorch.log_model(model, ..., "
-                        "serialization_format='pickle') and pass its model URI")
+                        f"{', '.join(flavors) or 'none'}): log the model with {LOG_AS_PICKLE}")
+    try:
+        raw.eval()  # what every analyzer does first
+    except NotImplementedError as error:  # torch.export's graph: MLflow 3's default serialization_format='pt2'
+        raise TypeError(f"the model is a torch.export graph ({error}), as MLflow 3 logs PyTorch models by default "
+                        f"(serialization_format='pt2'), and the analyzers need the model's layers and eval mode: "
+                        f"log the model with {LOG_AS_PICKLE}") from error
     return raw
 
 
@@ -148,8 +152,8 @@ def images_and_labels(dataset, input_shape: Optional[list[int]], model) -> tuple
     of the model's tensor signature), or a DataFrame with one column holding one array per image.
     """
     features = dataset.features_data
-    if isinstance(features, pd.DataFrame) and features.shape[1] == 1 and isinstance(features.iloc[0, 0], (
-            np.ndarray, list)):
+    one_column = isinstance(features, pd.DataFrame) and features.shape[1] == 1 and len(features)
+    if one_column and isinstance(features.iloc[0, 0], (np.ndarray, list)):
         images = np.stack([np.asarray(cell, dtype=np.float32) for cell in features.iloc[:, 0]])
     else:
         images = np.asarray(features, dtype=np.float32)
@@ -160,15 +164,14 @@ def images_and_labels(dataset, input_shape: Optional[list[int]], model) -> tuple
                              "give evaluator_config input_shape=[C, H, W], or log the model with a signature "
                              "(mlflow.models.infer_signature on (N, C, H, W) inputs)")
         if int(np.prod(images.shape[1:])) != int(np.prod(shape)):
-            raise ValueError(f"data has {int(np.prod(images.shape[1:]))} values per image, input_shape={shape} "
-                             f"needs {int(np.prod(shape))}: pass the images' (C, H, W) as evaluator_config input_shape")
+            source = "evaluator_config input_shape" if input_shape else "the model's input signature"
+            raise ValueError(f"data has {int(np.prod(images.shape[1:]))} values per image, {source} {shape} needs "
+                             f"{int(np.prod(shape))}: pass the images' (C, H, W) as evaluator_config input_shape")
         images = images.reshape(len(images), *shape)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got {images.shape}: give evaluator_config input_shape=[C, H, W]")
-    if dataset.labels_data is None:
-        raise ValueError("the xai evaluator needs the labels: pass targets= to mlflow.models.evaluate")
-    return torch.from_numpy(np.ascontiguousarray(images)), torch.as_tensor(np.asarray(dataset.labels_data),
-                                                                           dtype=torch.long)
+    labels = torch.as_tensor(np.asarray(dataset.labels_data), dtype=torch.long)  # classifiers have targets
+    return torch.from_numpy(np.ascontiguousarray(images)), labels
 
 
 def _signature_shape(model) -> Optional[list[int]]:
@@ -194,12 +197,7 @@ def explain_into_folder(model: nn.Module, images: torch.Tensor, labels: torch.Te
     folder.start({"run_name": run_name(cfg.method.name, composite), "method": cfg.method.name,
                   "composite": composite, "sample_ids": ids, "batches": batches, "heatmap_ids": heatmap_ids},
                  OmegaConf.to_yaml(sections, resolve=True))
-    try:
-        explain_and_score(model, data, dict(enumerate(batches)), cfg, folder, set(heatmap_ids), suite)
-    except UnsupportedModelError as error:
-        if isinstance(model, torch.fx.GraphModule):
-            raise UnsupportedModelError(error.problems, advice=PT2_ADVICE) from error
-        raise
+    explain_and_score(model, data, dict(enumerate(batches)), cfg, folder, set(heatmap_ids), suite)
     metrics = summarize(folder, extra={"runtime/wall_seconds": perf_counter() - start})
     folder.mark_complete()
     return folder, metrics

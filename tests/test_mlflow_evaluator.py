@@ -80,5 +80,17 @@ def test_a_bad_evaluator_config_names_the_key_and_the_valid_ones(logged):
         evaluate(model_uri, flat, labels, method="lpr")
     with pytest.raises(ValueError, match=r"sets model.checkpoint, which the xai evaluator does not take.*overridable"):
         evaluate(model_uri, flat, labels, overrides=["model.checkpoint=x.pt"])
-    with pytest.raises(ValueError, match=r"input_shape=\[1, 16, 16\] needs 256"):
+    with pytest.raises(ValueError, match=r"1024 values per image, evaluator_config input_shape \[1, 16, 16\] needs 256"):
         evaluate(model_uri, flat, labels, input_shape=[1, 16, 16])
+
+
+def test_a_model_without_its_torch_layers_gets_an_error_naming_the_fix(logged):
+    model_uri, images, labels = logged
+    flat = images.reshape(SAMPLES, -1)
+    with mlflow.start_run():
+        exported = mlflow.pytorch.log_model(load_default_model(), name="exported", serialization_format="pt2",
+                                            input_example=images[:2], pip_requirements=["torch"])
+    with pytest.raises(TypeError, match=r"torch.export graph .*log the model with .*serialization_format='pickle'"):
+        evaluate(exported.model_uri, flat, labels)
+    with pytest.raises(TypeError, match=r"explains PyTorch models, got .*serialization_format='pickle'"):
+        evaluate(lambda rows: rows[:, :10], flat, labels)
