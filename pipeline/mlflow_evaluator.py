@@ -39,13 +39,12 @@ CONFIG_KEYS = {
     "overrides": 'a list of pipeline override strings, e.g. ["evaluation.features_in_step=64"]',
     "input_shape": "the (C, H, W) of one image, e.g. [1, 32, 32], for data of flattened images",
 }
-#: What ``overrides`` may set: the rest of the config (model, dataset source, sharding, tracking) is the model and
-#: data that mlflow.models.evaluate was given, and the run it logs into.
-OVERRIDABLE = ("method", "composite", "explainer", "evaluation", "seed", "batch_size", "target", "heatmaps",
-               "dataset.limit", "dataset.input_low", "dataset.input_high")
-#: The config sections that describe an evaluator run (logged as config/config.yaml).
-LOGGED_SECTIONS = ("method", "composite", "evaluation", "seed", "batch_size", "target", "heatmaps")
-DATASET_KEYS_USED = ("limit", "input_low", "input_high")
+#: The config sections (and dataset keys) that decide an evaluator run, logged as config/config.yaml. The rest of
+#: the config (model, dataset source, sharding, tracking) is the model, data and run of mlflow.models.evaluate.
+SECTIONS = ("method", "composite", "evaluation", "seed", "batch_size", "target", "heatmaps")
+DATASET_KEYS = ("limit", "input_low", "input_high")
+#: What ``overrides`` may set (``explainer`` picks a method and composite in one).
+OVERRIDABLE = (*SECTIONS, "explainer", *(f"dataset.{k}" for k in DATASET_KEYS))
 #: Result files returned in ``EvaluationResult.artifacts``: name -> (path in the run, artifact class).
 RESULT_ARTIFACTS = {
     "gallery": ("figures/gallery.png", ImageEvaluationArtifact),
@@ -192,15 +191,13 @@ def explain_into_folder(model: nn.Module, images: torch.Tensor, labels: torch.Te
     data = TensorImages(images, labels, classes=(), transform=None)  # no class names: titles show the indices
     suite = MetricSuite(cfg.evaluation, has_masks=False)
     ids, heatmap_ids, batches = plan_samples(cfg, len(data))
-    sections = {k: cfg[k] for k in LOGGED_SECTIONS} | {"dataset": {k: cfg.dataset[k] for k in DATASET_KEYS_USED}}
+    sections = {k: cfg[k] for k in SECTIONS} | {"dataset": {k: cfg.dataset[k] for k in DATASET_KEYS}}
     folder = RunFolder(path)
     folder.start({"run_name": run_name(cfg.method.name, composite), "method": cfg.method.name,
                   "composite": composite, "sample_ids": ids, "batches": batches, "heatmap_ids": heatmap_ids},
                  OmegaConf.to_yaml(sections, resolve=True))
     explain_and_score(model, data, dict(enumerate(batches)), cfg, folder, set(heatmap_ids), suite)
-    metrics = summarize(folder, extra={"runtime/wall_seconds": perf_counter() - start})
-    folder.mark_complete()
-    return folder, metrics
+    return folder, summarize(folder, extra={"runtime/wall_seconds": perf_counter() - start})
 
 
 def result_artifacts(folder: RunFolder, artifact_uri: str) -> dict[str, Any]:

@@ -25,15 +25,18 @@ PIPELINE = ["method=lrp", "composite=epsilon_gamma_box", "evaluation.metrics=[sr
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
-    """(model URI, images, labels): the bundled digits model logged (pickle) to a fresh SQLite store."""
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('evaluator') / 'mlflow.db'}")
+    """(model URI, images, labels, experiment id): the bundled digits model logged (pickle) to a fresh SQLite store,
+    artifacts in the same temporary folder."""
+    store = tmp_path_factory.mktemp("evaluator")
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = MlflowClient().create_experiment("xai-evaluator", artifact_location=str(store / "artifacts"))
     model = load_default_model()
     images, labels = (t[:SAMPLES].numpy() for t in digits_split("test"))
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=experiment):
         info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
                                         signature=infer_signature(images),  # the (-1, 1, 32, 32) input tensor
                                         pip_requirements=["torch"])  # no requirement inference: seconds saved
-    yield info.model_uri, images, labels
+    yield info.model_uri, images, labels, experiment
     mlflow.set_tracking_uri(None)
 
 
@@ -43,8 +46,8 @@ def evaluate(model_uri, data, targets, **config):
 
 
 def test_metrics_equal_the_pipelines_and_the_results_are_logged(logged, tmp_path):
-    model_uri, images, labels = logged
-    with mlflow.start_run() as run:
+    model_uri, images, labels, experiment = logged
+    with mlflow.start_run(experiment_id=experiment) as run:
         result = evaluate(model_uri, images.reshape(SAMPLES, -1), labels, **SETTINGS)  # shape from the signature
 
     folder = run_job(make_cfg(PIPELINE), tmp_path / "pipeline")
@@ -66,13 +69,13 @@ def test_metrics_equal_the_pipelines_and_the_results_are_logged(logged, tmp_path
     assert len(result.artifacts["per_sample"].content) == SAMPLES
 
     frame = pd.DataFrame({"image": list(images), "label": labels})  # one (C, H, W) array per row
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=experiment):
         again = evaluate(model_uri, frame, "label", **SETTINGS)
     assert {k: again.metrics[k] for k in same} == same
 
 
 def test_a_bad_evaluator_config_names_the_key_and_the_valid_ones(logged):
-    model_uri, images, labels = logged
+    model_uri, images, labels, experiment = logged
     flat = images.reshape(SAMPLES, -1)
     with pytest.raises(ValueError, match=r"'methd' unknown to the xai evaluator; valid keys: method: .*composite: "):
         evaluate(model_uri, flat, labels, methd="lrp")
@@ -85,9 +88,9 @@ def test_a_bad_evaluator_config_names_the_key_and_the_valid_ones(logged):
 
 
 def test_a_model_without_its_torch_layers_gets_an_error_naming_the_fix(logged):
-    model_uri, images, labels = logged
+    model_uri, images, labels, experiment = logged
     flat = images.reshape(SAMPLES, -1)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=experiment):
         exported = mlflow.pytorch.log_model(load_default_model(), name="exported", serialization_format="pt2",
                                             input_example=images[:2], pip_requirements=["torch"])
     with pytest.raises(TypeError, match=r"torch.export graph .*log the model with .*serialization_format='pickle'"):
