@@ -6,7 +6,7 @@ parameters, on top of the tuned composite's own config, as ``<conf_dir>/composit
 the parent run (params and metric ``best/...``, the file as an artifact). The file lives outside the package (an
 installed package's ``conf/`` is not the user's to write), in a folder the user puts on Hydra's search path::
 
-    python -m pipeline.run hydra.searchpath=[file://<conf_dir>] composite=tuned/<name>
+    python -m pipeline.run 'hydra.searchpath=[file://<conf_dir>]' composite=tuned/<name>
 
 Only ``composite.*`` keys can be tuned: anything else would not be part of the file. The tuned file keeps the
 composite's ``name`` (it selects the rules: ``pipeline.explain.COMPOSITES``), so its runs differ from the preset's by
@@ -38,11 +38,6 @@ BEST = "best/"
 ARTIFACT_DIR = "tuned"
 
 
-def tuned_dir(conf_dir: str | Path) -> Path:
-    """Where the tuned composites go under a config folder: the group ``composite/tuned`` of Hydra's search path."""
-    return Path(conf_dir).expanduser().resolve() / "composite" / "tuned"
-
-
 def schema_of(composite: DictConfig) -> str:
     """The ConfigStore schema (``schema/composite/<name>``) a composite config was built from, for its defaults."""
     store = ConfigStore.instance()
@@ -67,13 +62,10 @@ class TunedComposite(Callback):
     """Writes and logs the best trial of an optuna sweep over ``composite.*`` (see the module docstring)."""
 
     def __init__(self, conf_dir: str, name: str):
-        self.conf_dir = conf_dir
+        self.conf_dir = Path(conf_dir).expanduser().resolve()  # for Hydra's search path: <conf_dir>/composite/tuned
         self.name = safe_path_part(name, "hydra.callbacks.tuned_composite.name")
+        self.path = self.conf_dir / "composite" / "tuned" / f"{self.name}.yaml"
         self.started: Optional[float] = None
-
-    @property
-    def path(self) -> Path:
-        return tuned_dir(self.conf_dir) / f"{self.name}.yaml"
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Refuse, before any trial runs, a sweep whose best parameters could not become a composite file (an exit:
@@ -106,8 +98,7 @@ class TunedComposite(Callback):
         results = OmegaConf.to_container(OmegaConf.load(results_file))
         best_params, best_value = results["best_params"], float(results["best_value"])
         parent = self._parent_run(sweep_dir)
-        use = (f"python -m pipeline.run hydra.searchpath=[file://{tuned_dir(self.conf_dir).parents[1]}] "
-               f"composite=tuned/{self.name}")
+        use = f"python -m pipeline.run 'hydra.searchpath=[file://{self.conf_dir}]' composite=tuned/{self.name}"
         header = (f"Written by pipeline.tuning (experiment=tune_lrp): the best {PREFIX}* of "
                   f"{config.hydra.sweeper.n_trials} optuna trials,\n{OBJECTIVE} = {best_value:.4f} on "
                   f"model={config.model.name} dataset={config.dataset.name} split={config.dataset.split} "
