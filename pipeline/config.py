@@ -38,6 +38,7 @@ class ModelKind(Enum):
     bundled = "bundled"
     torchvision = "torchvision"
     custom = "custom"
+    mlflow = "mlflow"
 
 
 class TargetChoice(Enum):
@@ -166,6 +167,7 @@ class ModelConf:
     checkpoint: Optional[str] = MISSING  # local state_dict (weights_only=True); each option sets it
     num_classes: Optional[int] = None
     module: Optional[dict[str, Any]] = None  # custom: {_target_: pkg.Net, **constructor kwargs}
+    uri: Optional[str] = None  # mlflow: models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>
     strip_softmax: bool = True
 
 
@@ -308,8 +310,14 @@ def shard_subdir(shard: int, num_shards: int) -> str:
     return f"/shard-{shard}-of-{num_shards}" if int(num_shards) > 1 else ""
 
 
+def _mlflow_model_label(uri: Optional[str]) -> str:
+    from pipeline.registry import label
+
+    return label(uri)
+
+
 for _name, _resolver in (
-    ("config_hash", _config_hash_resolver), ("run_identity", _run_identity_resolver), ("run_name", run_name),
+    ("config_hash", _config_hash_resolver), ("mlflow_model_label", _mlflow_model_label), ("run_identity", _run_identity_resolver), ("run_name", run_name),
     ("shard_subdir", shard_subdir), ("path_part", _path_part_resolver),
 ):
     if not OmegaConf.has_resolver(_name):

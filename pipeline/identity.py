@@ -118,9 +118,18 @@ def _folder_digest(root: Path) -> str:
 
 
 def input_identity(cfg: DictConfig) -> dict[str, str]:
-    """The parts of a run's identity that are not its config."""
+    """The parts of a run's identity that are not its config (for a model from MLflow: the version its URI names
+    now, asked from the server)."""
+    if cfg.model.kind == ModelKind.mlflow:
+        from pipeline.registry import resolve
+        from pipeline.store import resolve_tracking_uri
+
+        model = resolve(cfg.model.uri, resolve_tracking_uri(cfg.tracking.uri))
+        weights = {"model_version": f"{model.fixed_uri} {model.model_id or ''}".strip()}
+    else:
+        weights = {"checkpoint_sha256": checkpoint_sha256(cfg.model)}
     return {
-        "checkpoint_sha256": checkpoint_sha256(cfg.model),
+        **weights,
         "data_digest": data_digest(cfg.dataset),
         "code_version": code_version(),
     }
@@ -134,8 +143,8 @@ def identity_digest(config_hash: str, inputs: dict[str, str]) -> str:
 
 def changes(previous: dict[str, str], current: dict[str, str]) -> list[str]:
     """What differs between two input identities, in words (``model.checkpoint changed (sha256 ab.. -> cd..)``)."""
-    names = {"checkpoint_sha256": "model.checkpoint", "data_digest": "the dataset's files", "code_version": "the code"}
-    return [
-        f"{names[key]} changed ({str(previous.get(key))[:12]} -> {str(current[key])[:12]})"
-        for key in names if previous.get(key) != current[key]
-    ]
+    names = {"checkpoint_sha256": "model.checkpoint", "model_version": "the model that model.uri names",
+             "data_digest": "the dataset's files", "code_version": "the code"}
+    shown = lambda key, value: str(value) if key == "model_version" else str(value)[:12]  # noqa: E731 (a URI)
+    return [f"{names[key]} changed ({shown(key, previous.get(key))} -> {shown(key, current[key])})"
+            for key in names if key in current and previous.get(key) != current[key]]

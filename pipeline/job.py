@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.config import TargetChoice, config_hash, run_name, validate
+from pipeline.config import ModelKind, TargetChoice, config_hash, run_name, validate
 from pipeline.data import (batch_plan, dataset_source, iterate_batches, load_dataset, load_images, plan_index,
                            select_samples)
 from pipeline.evaluate import COMPLEXITY_METRICS, METRICS, Faithfulness, complexity_scores
@@ -30,6 +30,7 @@ from pipeline.identity import changes, code_version, input_identity
 from pipeline.input_range import check_input_range, input_bounds
 from pipeline.models import load_model, resolve_device
 from pipeline.patterns import run_patterns
+from pipeline.registry import MlflowModel, resolve
 from pipeline.report import summarize
 from pipeline.results import RunFolder
 from pipeline.store import TrackingUnavailable, resolve_tracking_uri
@@ -139,7 +140,8 @@ def _skipped_arrays(batch, metrics: list[str]) -> dict[str, np.ndarray]:
 
 
 def manifest_for(
-    cfg: DictConfig, composite: str, ids: list[int], batches: list[list[int]], heatmap_ids: list[int]
+    cfg: DictConfig, composite: str, ids: list[int], batches: list[list[int]], heatmap_ids: list[int],
+    registered: MlflowModel | None = None,
 ) -> dict[str, Any]:
     """What the folder holds: the samples, their batches, and the labels the run is tagged with."""
     return {
@@ -159,6 +161,7 @@ def manifest_for(
         "heatmap_ids": heatmap_ids,
         "git_commit": code_version().split("+")[0],
         "inputs": input_identity(cfg),
+        **({"registry": registered.tags(), "model_id": registered.model_id} if registered else {}),
     }
 
 
@@ -190,6 +193,8 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
     validate(cfg)
     device = resolve_device(cfg.device)  # no such device fails before any work
     composite = check_explainer(cfg)
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    registered = resolve(cfg.model.uri, tracking_uri) if cfg.model.kind == ModelKind.mlflow else None
     start = perf_counter()
     folder = RunFolder(output_dir)
     torch.manual_seed(cfg.seed)
@@ -199,7 +204,7 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
     ids, heatmap_ids, batches = plan_samples(cfg, len(data))
     config_yaml = OmegaConf.to_yaml({k: cfg[k] for k in cfg if k != "hydra"}, resolve=True)
     classes = {"classes": list(getattr(data, "classes", None) or [])}  # for the titles of a later shard merge
-    wanted = manifest_for(cfg, composite, ids, batches, heatmap_ids) | classes
+    wanted = manifest_for(cfg, composite, ids, batches, heatmap_ids, registered) | classes
     if not folder.manifest_file.exists():
         _say_why_afresh(folder, cfg, wanted)
     folder.start(wanted, config_yaml)
@@ -212,7 +217,7 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
         if finished:
             log.info("resuming %s: %d of %d batches done", folder.path, len(finished), len(batches))
         if todo:
-            model = load_model(cfg.model, device)
+            model = load_model(cfg.model, device, registered)
             explain_and_score(model, data, todo, cfg, folder, set(heatmap_ids), suite)
         wall = {"runtime/wall_seconds": perf_counter() - start}  # this attempt: loading, explaining, scoring
         metrics = summarize(folder, list(getattr(data, "classes", None) or []), extra=wall)
@@ -223,11 +228,10 @@ def run_job(cfg: DictConfig, output_dir: str | Path) -> RunFolder:
         log.info("shard %d of %d done; merge the shards with: python -m pipeline.merge %s",
                  cfg.dataset.shard, cfg.dataset.num_shards, folder.path.parent)
     elif cfg.tracking.publish:
-        uri = resolve_tracking_uri(cfg.tracking.uri)
-        run_id = publish_or_explain(folder, uri, cfg.tracking.experiment, dict(cfg.tracking.tags),
+        run_id = publish_or_explain(folder, tracking_uri, cfg.tracking.experiment, dict(cfg.tracking.tags),
                                     cfg.tracking.timeout_s)
         if run_id:
-            log.info("MLflow run: %s", run_url(uri, run_id))
+            log.info("MLflow run: %s", run_url(tracking_uri, run_id))
     log.info("results: %s", folder.path.resolve())
     return folder
 

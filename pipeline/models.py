@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pipeline.config import ModelKind
+from pipeline.registry import MlflowModel
 
 
 def resolve_device(device: str) -> torch.device:
@@ -34,14 +35,24 @@ def resolve_device(device: str) -> torch.device:
     return chosen
 
 
-def load_model(cfg: DictConfig, device: torch.device) -> nn.Module:
-    """The configured classifier in eval mode on ``device``, with a trailing softmax removed (logits)."""
+def load_model(cfg: DictConfig, device: torch.device, registered: Optional[MlflowModel] = None) -> nn.Module:
+    """The configured classifier in eval mode on ``device``, with a trailing softmax removed (logits).
+
+    ``registered``: for ``model.kind=mlflow``, the model its URI names (``pipeline.registry.resolve``), resolved once
+    by the caller so that the loaded version is the one the run's folder and tags name.
+    """
     if cfg.kind == ModelKind.bundled:
         from pipeline.bundled import load_default_model
 
         model = load_default_model(name=cfg.arch or "digits_cnn")
     elif cfg.kind == ModelKind.torchvision:
         model = _torchvision_model(cfg)
+    elif cfg.kind == ModelKind.mlflow:
+        from pipeline.registry import load
+
+        if registered is None:
+            raise ValueError("model.kind=mlflow: resolve model.uri first (pipeline.registry.resolve)")
+        model = load(registered)
     elif cfg.kind == ModelKind.custom:
         if not cfg.module or "_target_" not in cfg.module:
             raise ValueError("model.kind=custom needs model.module._target_=<package.module.ClassName>")

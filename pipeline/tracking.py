@@ -103,7 +103,8 @@ def _publish_holding_the_lock(folder: RunFolder, client, uri: str, experiment: s
         "git_commit": manifest["git_commit"],
         "mlflow.source.git.commit": manifest["git_commit"],
         "config_hash": manifest["config_hash"],
-        **manifest.get("inputs", {}),  # checkpoint_sha256, data_digest, code_version
+        **manifest.get("inputs", {}),  # checkpoint_sha256 (or model_version), data_digest, code_version
+        **manifest.get("registry", {}),  # model=mlflow: model.uri, model.registry.{name,version,alias,run_id}
         "output_dir": str(folder.path.resolve()),
         PUBLISHER_TAG: this_process(),
         **({"mlflow.parentRunId": parent} if parent else {}),
@@ -134,6 +135,10 @@ def _log_results(client, run_id: str, folder: RunFolder) -> None:
         client.log_batch(run_id, params=params[start : start + 100])
     log_outputs(client, run_id, folder)
     _log_dataset(client, run_id, folder.manifest)
+    if folder.manifest.get("model_id"):  # MLflow 3: the run shows the logged model it explained, and vice versa
+        from mlflow.entities import LoggedModelInput
+
+        client.log_inputs(run_id, models=[LoggedModelInput(folder.manifest["model_id"])])
 
 
 def log_outputs(client, run_id: str, folder: RunFolder) -> None:

@@ -5,6 +5,14 @@ on a copy) before changing one. ``float64`` variants exist for comparisons again
 implementations, where float32 rounding would hide real differences.
 """
 import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +103,55 @@ def tracking(database, request):
     client = MlflowClient(tracking_uri=database)
     experiment = request.node.name
     return database, client, client.create_experiment(experiment), experiment
+
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def compose_config(overrides=()):
+    """The pipeline's config for ``overrides``, as ``python -m pipeline.run`` composes it."""
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """A real ``mlflow server`` (SQLite backend, proxied artifacts, loopback only) for the whole session."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    process = subprocess.Popen(
+        [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--serve-artifacts",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"), start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield uri
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

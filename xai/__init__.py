@@ -4,6 +4,7 @@ from xai.cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from xai.deeplift import DeepLIFT, DeepLIFTShap
 from xai.errors import UnsupportedModelError
 from xai.explanation import Explanation
+from xai.exported import from_exported
 from xai.gradient import Gradient, InputTimesGradient
 from xai.gradient_shap import ExpectedGradients, GradientSHAP
 from xai.heatmap import heatmap, heatmap_grid, overlay
@@ -41,6 +42,7 @@ __all__ = [
     "UnsupportedModelError",
     "analyze",
     "fit_patterns",
+    "from_exported",
     "heatmap",
     "heatmap_grid",
     "overlay",
