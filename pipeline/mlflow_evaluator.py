@@ -6,7 +6,9 @@ pipeline's (``conf/``, composed with Hydra): ``evaluator_config`` picks ``method
 and may add pipeline override strings; only the config sections that apply to a given model and data are
 accepted (see ``OVERRIDABLE``). The data reaches the evaluator as MLflow's ``EvaluationDataset``: a 2-D array of
 flattened images (``N x C*H*W``, reshaped by ``input_shape`` or by the model's tensor signature) or a DataFrame
-with one column of per-image arrays.
+with one column of per-image arrays. The model is the torch module of a model logged with
+``mlflow.pytorch.log_model`` in either format: ``pickle`` loads the module itself, ``pt2`` (MLflow 3's default) a
+torch.export graph, rebuilt as modules by ``xai.from_exported``.
 """
 import tempfile
 from pathlib import Path
@@ -20,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
 from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact, ImageEvaluationArtifact, JsonEvaluationArtifact
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import fx, nn
 
 from pipeline.config import CONF_DIR, run_name, validate
 from pipeline.data import TensorImages
@@ -53,8 +55,6 @@ RESULT_ARTIFACTS = {
     "metrics": ("results/metrics.json", JsonEvaluationArtifact),
     "pixel_flipping_curves": ("results/curves.json", JsonEvaluationArtifact),
 }
-#: How to log a model the evaluator can explain.
-LOG_AS_PICKLE = "mlflow.pytorch.log_model(model, ..., serialization_format='pickle') and pass its model URI"
 
 
 class XaiEvaluator(ModelEvaluator):
@@ -129,18 +129,18 @@ def compose_config(config: dict[str, Any]) -> DictConfig:
 
 
 def torch_module(model) -> nn.Module:
-    """The torch module inside the pyfunc model MLflow loaded, or an error saying how to log one."""
+    """The torch module inside the pyfunc model MLflow loaded (a ``pt2`` graph rebuilt as modules, as
+    ``model=mlflow`` does), or an error saying how to log one."""
     raw = model.get_raw_model() if model is not None and hasattr(model, "get_raw_model") else None
     if not isinstance(raw, nn.Module):
         flavors = sorted(getattr(getattr(model, "metadata", None), "flavors", None) or [])
         raise TypeError(f"the xai evaluator explains PyTorch models, got {type(raw or model).__name__} (flavors: "
-                        f"{', '.join(flavors) or 'none'}): log the model with {LOG_AS_PICKLE}")
-    try:
-        raw.eval()  # what every analyzer does first
-    except NotImplementedError as error:  # torch.export's graph: MLflow 3's default serialization_format='pt2'
-        raise TypeError(f"the model is a torch.export graph ({error}), as MLflow 3 logs PyTorch models by default "
-                        f"(serialization_format='pt2'), and the analyzers need the model's layers and eval mode: "
-                        f"log the model with {LOG_AS_PICKLE}") from error
+                        f"{', '.join(flavors) or 'none'}): log the classifier with mlflow.pytorch.log_model and "
+                        "pass its model URI")
+    if isinstance(raw, fx.GraphModule) and hasattr(raw, "_in_spec"):  # pt2, MLflow 3's default: torch.export's module
+        from xai.exported import from_exported
+
+        return from_exported(raw)
     return raw
 
 
