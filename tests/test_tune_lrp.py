@@ -108,8 +108,8 @@ def test_the_callback_refuses_a_sweep_that_cannot_become_a_composite_file_before
     optuna = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     beyond = OmegaConf.create({"hydra": {"sweeper": {"_target_": optuna, "params": {
         "composite.gamma": "interval(0.01, 1)", "seed": "range(3)"}}}})
-    basic = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper."
-                                                                 "BasicSweeper", "params": {"composite.gamma": "0.1,0.2"}}}})
+    basic_sweeper = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    basic = OmegaConf.create({"hydra": {"sweeper": {"_target_": basic_sweeper, "params": {"composite.gamma": "0.1"}}}})
     refusals = [(beyond, "hydra.sweeper.params may search only composite.* keys for a tuned composite (got seed)"),
                 (basic, "the tuned_composite callback needs hydra/sweeper=optuna")]
     for config, message in refusals:
