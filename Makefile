@@ -30,6 +30,7 @@ bench: install
 nightly: install  # what cron/systemd run: lock, nightly sweep, regression check (exit codes in README)
 	$(BIN)/python -m pipeline.scheduled
 
-screenshots: install  # docs/mlflow_*.png: local mlflow server + headless chromium (apt: chromium chromium-driver)
+screenshots: install  # docs/mlflow_*.png, docs/report.png: headless chromium (apt: chromium chromium-driver)
 	$(BIN)/pip install -e '.[dev]'
 	$(BIN)/python scripts/screenshot_mlflow_ui.py
+	$(BIN)/python scripts/screenshot_report.py

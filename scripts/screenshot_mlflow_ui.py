@@ -23,9 +23,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from chromium import INSTALL, available, browser
+
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 EXPERIMENT = "compare-methods"
 EXPLAINERS = "gradient-none,integrated_gradients-none,lrp-epsilon_gamma_box"
 WINDOW = (1600, 1250)
@@ -70,19 +70,6 @@ def experiment_id(uri: str) -> str:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri).get_experiment_by_name(EXPERIMENT).experiment_id
-
-
-def browser(profile: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
 def wait_for(driver, css: str, timeout: float = 60.0):
@@ -155,9 +142,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "docs"), help="folder for the PNGs (default docs/)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary server folder")
     args = parser.parse_args()
-    for tool in (CHROMIUM, CHROMEDRIVER):
-        if not Path(tool).exists():
-            parser.error(f"{tool} is missing: apt-get install chromium chromium-driver")
+    if not available():
+        parser.error(f"Chromium or its driver is missing: {INSTALL}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -167,7 +153,7 @@ def main() -> int:
     server = start_server(workdir, port)
     try:
         run_sweep(workdir, base)
-        driver = browser(workdir / "chromium-profile")
+        driver = browser(workdir / "chromium-profile", WINDOW)
         try:
             open_chart_view(driver, base, experiment_id(base))
             screenshot_curves(driver, out)
