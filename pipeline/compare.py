@@ -9,7 +9,6 @@ figure of the ranks go into the sweep's parent run (``--parent``) or into a new 
 """
 import argparse
 import io
-import os
 import sys
 from typing import Optional
 
@@ -44,21 +43,13 @@ MEAN_RANK = "mean_rank"
 
 
 def search_runs(uri: str, **kwargs) -> pd.DataFrame:
-    """``mlflow.search_runs`` against ``uri``, leaving the process's tracking URI (and its environment) as it was.
-
-    The fluent API reads the process-wide URI, and setting it also exports ``MLFLOW_TRACKING_URI`` to every
-    subprocess started later; this sets it only for the search.
-    """
+    """``mlflow.search_runs`` against ``uri``, leaving the process's tracking URI (and its environment) as it was."""
     import mlflow
 
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
+    from pipeline.store import fluent_uri
+
+    with fluent_uri(uri):
         return mlflow.search_runs(**kwargs)
-    finally:
-        mlflow.set_tracking_uri(None)
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def find_runs(uri: str, experiment: str, parent: Optional[str] = None, filter_string: str = "",

@@ -22,13 +22,14 @@ from mlflow import MlflowClient
 from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
 from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact, ImageEvaluationArtifact, JsonEvaluationArtifact
 from omegaconf import DictConfig, OmegaConf
-from torch import fx, nn
+from torch import nn
 
 from pipeline.config import CONF_DIR, run_name, validate
 from pipeline.data import TensorImages
 from pipeline.explain import PATTERN_METHODS
 from pipeline.job import check_explainer, explain_and_score, plan_samples
 from pipeline.metrics import MetricSuite
+from pipeline.registry import rebuilt_if_exported
 from pipeline.report import summarize
 from pipeline.results import RunFolder
 from pipeline.tracking import log_outputs
@@ -137,11 +138,7 @@ def torch_module(model) -> nn.Module:
         raise TypeError(f"the xai evaluator explains PyTorch models, got {type(raw or model).__name__} (flavors: "
                         f"{', '.join(flavors) or 'none'}): log the classifier with mlflow.pytorch.log_model and "
                         "pass its model URI")
-    if isinstance(raw, fx.GraphModule) and hasattr(raw, "_in_spec"):  # pt2, MLflow 3's default: torch.export's module
-        from xai.exported import from_exported
-
-        return from_exported(raw)
-    return raw
+    return rebuilt_if_exported(raw)
 
 
 def images_and_labels(dataset, input_shape: Optional[list[int]], model) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,13 +8,12 @@ the run's tags. The ``pt2`` format (``torch.export``, no pickle) loads back as a
 the ``pickle`` format loads the module itself.
 """
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 from torch import fx, nn
 
-from pipeline.store import TrackingUnavailable, check_reachable
+from pipeline.store import TrackingUnavailable, check_reachable, fluent_uri
 
 URI_FORMS = "models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>"
 _ALIAS = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
@@ -77,35 +76,26 @@ def load(model: MlflowModel) -> nn.Module:
     import mlflow.pytorch
     from mlflow.models import get_model_info
 
-    with _server(model.tracking_uri):
+    with fluent_uri(model.tracking_uri):
         flavors = get_model_info(model.fixed_uri).flavors
         if "pytorch" not in flavors:
             raise TypeError(f"model.uri={model.uri} is a model of the flavor(s) {', '.join(flavors)}, not a PyTorch "
                             "one: log the classifier with mlflow.pytorch.log_model")
-        loaded = mlflow.pytorch.load_model(model.fixed_uri, map_location="cpu")
-    if isinstance(loaded, fx.GraphModule) and hasattr(loaded, "_in_spec"):  # pt2: torch.export's module
-        from xai.exported import from_exported
-
-        loaded = from_exported(loaded)
+        loaded = rebuilt_if_exported(mlflow.pytorch.load_model(model.fixed_uri, map_location="cpu"))
     if not isinstance(loaded, nn.Module):
         raise TypeError(f"model.uri={model.uri} holds a {type(loaded).__name__}, not a torch.nn.Module: log the "
                         "classifier module itself with mlflow.pytorch.log_model")
     return loaded.eval()
 
 
-@contextmanager
-def _server(tracking_uri: str) -> Iterator[None]:
-    """MLflow's loaders take no client: point its tracking and registry URIs at ``tracking_uri`` meanwhile."""
-    import mlflow
+def rebuilt_if_exported(loaded: object) -> object:
+    """A ``pt2`` model (MLflow 3's default format loads as torch.export's graph module) rebuilt as modules by
+    ``xai.from_exported``; anything else as it is."""
+    if isinstance(loaded, fx.GraphModule) and hasattr(loaded, "_in_spec"):
+        from xai.exported import from_exported
 
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+        return from_exported(loaded)
+    return loaded
 
 
 def _client(uri: str, tracking_uri: str):

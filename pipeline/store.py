@@ -30,6 +30,26 @@ def resolve_tracking_uri(uri: Optional[str] = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+@contextmanager
+def fluent_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``mlflow.search_runs``, ``mlflow.pytorch.load_model``) pointed at ``uri`` (tracking and
+    registry) meanwhile. It reads process-wide URIs, and setting one also exports ``MLFLOW_TRACKING_URI`` to every
+    subprocess started later; afterwards both URIs and the environment are as they were."""
+    import mlflow
+
+    saved_env, saved_registry = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(saved_registry if saved_registry != uri else None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if saved_env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
 def sqlite_path(uri: str) -> Optional[Path]:
     """The file of a ``sqlite:///`` store (relative to the working directory unless ``sqlite:////abs``)."""
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None

@@ -5,9 +5,10 @@ ResNet18 (random weights), one image, the same target and the same inputs per fo
   forward passes over the same covered images, built beforehand;
 - GradCAM / GradCAM++ / LayerCAM vs pytorch-grad-cam's vs a plain gradient (``xai.Gradient``);
 - ScoreCAM vs pytorch-grad-cam's (``batch_size`` equal) vs the bare forward passes over the masked images;
-- DeepLIFT (zero baseline) vs Captum's DeepLift vs a plain gradient of the image, and of the image and its
-  baseline together (the batch DeepLIFT runs). Captum fails on torchvision's BasicBlock, which calls one ReLU
-  twice, so it gets a copy with one ReLU per use (the same computation);
+- DeepLIFT (zero baseline) vs Captum's DeepLift vs a plain gradient of the same images, for one image and for 8
+  (DeepLIFT adds one gradient-free forward pass of the shared baseline to a gradient). Captum fails on
+  torchvision's BasicBlock, which calls one ReLU twice, so it gets a copy with one ReLU per use (the same
+  computation);
 - GradientSHAP (``--shap-samples`` draws from 8 random baselines) vs Captum's GradientShap vs a plain gradient
   of as many images.
 - PatternNet / PatternAttribution vs a plain gradient (no PyTorch reference exists: iNNvestigate is Keras), with
@@ -127,11 +128,13 @@ def build_cases(args) -> dict[str, dict[str, callable]]:
         "bare": bare_forwards(model, masked, batch),
     }
     captum_model = one_relu_per_use(model)
-    for versus, plain in (("1 image", x), ("image + baseline", torch.cat([x, torch.zeros_like(x)]))):
-        cases[f"DeepLIFT vs gradient of {versus}"] = {
-            "ours": lambda: DeepLIFT(model)(x, target=target),
-            "reference": lambda: CaptumDeepLift(captum_model).attribute(x, baselines=0.0, target=target),
-            "bare": lambda plain=plain: Gradient(model)(plain, target=target.expand(len(plain))),
+    for images in (x, x.repeat(8, 1, 1, 1)):
+        goal = target.expand(len(images))
+        cases[f"DeepLIFT ({len(images)} image{'s' * (len(images) > 1)}) vs gradient"] = {
+            "ours": lambda images=images, goal=goal: DeepLIFT(model)(images, target=goal),
+            "reference": lambda images=images, goal=goal: CaptumDeepLift(captum_model).attribute(
+                images, baselines=0.0, target=goal),
+            "bare": lambda images=images, goal=goal: Gradient(model)(images, target=goal),
         }
     samples = args.shap_samples
     baselines = torch.randn(8, 3, args.size, args.size)

@@ -18,18 +18,20 @@ baseline's forward pass; the attributions of a sample then sum to f(x) - f(x0) (
   instead, which restores it (and differs from Captum on such models).
 - Linear layers (Conv, Linear, BatchNorm in eval mode, AvgPool, additions, reshapes): their gradient.
 
-How: one forward pass of the concatenated batch [x; x0] with forward hooks on the activation and pooling
-modules, each of which wraps its output in an autograd function whose backward applies the multiplier; one
-backward pass seeded at the target logit of the x half gives m. A module called several times (torchvision's
-BasicBlock uses one ReLU twice) is handled per call.
+How: per chunk of samples, a forward pass of the distinct baselines they use, without gradients (a shared baseline,
+such as zeros, is one image), records the input and output of every activation and MaxPool call; the forward pass
+of the samples then wraps each such call's output in an autograd function whose backward applies the multiplier
+against the recorded baseline call, and one backward pass seeded at the target logit gives m. The cost is a
+gradient's plus a forward pass of the baselines. A module called several times (torchvision's BasicBlock uses one
+ReLU twice) is handled per call.
 
 Captum 0.9's DeepLift has three bugs that this avoids (the equality tests give Captum an equivalent model and
 one sample per call, which sidesteps them): (1) it fails on a module used more than once; (2) when two hooked
 modules follow each other directly (ReLU then MaxPool, as in the bundled CNN and ResNet's stem), the first
 one rescales the gradient of its output from before the second one's rule (Captum issue 1104); (3) its
 maxpool falls back to the gradient of the first sample of the batch for every sample (issue 1276). Captum
-also seeds the baseline half of the batch; that only enters through (3), so here the baseline half carries
-no gradient.
+also seeds the baseline half of its batch; that only enters through (3), and here the baseline is never
+differentiated.
 
 Not handled: non-linearities applied as functions in a ``forward`` (``F.relu``, ``torch.sigmoid``,
 ``x.relu()``) cannot be seen by module hooks and are silently treated by their gradient, as in Captum: use
@@ -109,76 +111,109 @@ def scatter_sum(values: Tensor, indices: Tensor, like: Tensor) -> Tensor:
 
 
 class _MaxPoolRescale(torch.autograd.Function):
-    """Forward: ``y`` unchanged. Backward: Captum's maxpool rule on the x half (the baseline half gets none)."""
+    """Forward: ``y`` unchanged. Backward: Captum's maxpool rule, against the baseline's ``x0``, ``y0``, ``indices0``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, indices: Tensor, unpool, pool: nn.Module) -> Tensor:
-        ctx.save_for_backward(x, y, indices)
+    def forward(ctx, x: Tensor, y: Tensor, indices: Tensor, x0: Tensor, y0: Tensor, indices0: Tensor, unpool,
+                pool: nn.Module) -> Tensor:
+        ctx.save_for_backward(x, y, indices, x0, y0, indices0)
         ctx.unpool, ctx.pool = unpool, pool  # unpool None: sum the shares of overlapping windows
         return y.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, y, indices = ctx.saved_tensors
-        n = x.shape[0] // 2
-        delta_in = x[:n] - x[n:]
-        y_max = torch.maximum(y[:n], y[n:])
-        spatial = x.shape[2:]
+        x, y, indices, x0, y0, indices0 = ctx.saved_tensors
+        delta_in = x - x0
+        y_max = torch.maximum(y, y0)
 
         def unpool(values: Tensor, where: Tensor) -> Tensor:
             if ctx.unpool is None:
                 return scatter_sum(values, where, delta_in)
             pool = ctx.pool
-            return ctx.unpool(values, where, pool.kernel_size, pool.stride, pool.padding, list(spatial))
+            return ctx.unpool(values, where, pool.kernel_size, pool.stride, pool.padding, list(x.shape[2:]))
 
-        grad_x = grad[:n]
-        shares = unpool(grad_x * (y_max - y[n:]), indices[:n]) + unpool(grad_x * (y[:n] - y_max), indices[n:])
-        gradient = scatter_sum(grad_x, indices[:n], delta_in)  # MaxPool's own backward
+        shares = unpool(grad * (y_max - y0), indices) + unpool(grad * (y - y_max), indices0)
+        gradient = scatter_sum(grad, indices, delta_in)  # MaxPool's own backward
         rescaled = torch.where(delta_in.abs() < EPSILON, gradient, shares / delta_in)
-        return torch.cat([rescaled, torch.zeros_like(rescaled)]), None, None, None, None
+        return rescaled, None, None, None, None, None, None, None
 
 
 class _RescaleHooks:
-    """Forward (pre-)hooks that put the Rescale backward on every activation and MaxPool of a model."""
+    """Forward (pre-)hooks on every activation and MaxPool of a model, in two passes per chunk of samples.
+
+    ``record(baselines)``: a forward pass of the distinct baselines without gradients, keeping each hooked call's
+    input and output (a module called several times, as torchvision's BasicBlock's ReLU, per call). ``rescale
+    (which)``: in the forward pass of the samples, each hooked call's output gets the Rescale backward against the
+    recorded call of baseline ``which[i]`` for sample i. The baseline's half of the batch is never differentiated,
+    and a shared baseline (zeros, a number) goes through the model once, as a batch of one.
+    """
 
     def __init__(self, model: nn.Module, sum_overlaps: bool):
         self.sum_overlaps = sum_overlaps
         self.handles = []
         self.inputs: dict[int, Tensor] = {}
+        self.recorded: dict[int, list[tuple[Tensor, ...]]] = {}
+        self.which: Tensor | None = None  # None: recording
         for module in model.modules():
             if isinstance(module, ELEMENTWISE_TYPES):
                 self.handles.append(module.register_forward_pre_hook(self._keep_input))
-                self.handles.append(module.register_forward_hook(self._rescale_elementwise))
+                self.handles.append(module.register_forward_hook(self._elementwise))
             elif type(module) in MAXPOOL_UNPOOL:
-                self.handles.append(module.register_forward_hook(self._rescale_maxpool))
+                self.handles.append(module.register_forward_hook(self._maxpool))
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
 
+    def record(self, model: nn.Module, baselines: Tensor) -> None:
+        self.recorded, self.which = {}, None
+        with torch.no_grad():
+            run_model(model, baselines)
+
+    def rescale(self, which: Tensor) -> None:
+        self.which = which
+
+    def check_all_used(self) -> None:
+        if any(self.recorded.values()):
+            raise RuntimeError("the model called its activations differently for the baselines than for the "
+                               "samples (control flow that depends on the input): DeepLIFT needs one graph for both")
+
     def _keep_input(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
         # an in-place activation overwrites its input: keep a copy (still in the graph) of the values before
         self.inputs[id(module)] = inputs[0].clone() if getattr(module, "inplace", False) else inputs[0]
 
-    def _rescale_elementwise(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+    def _baseline_call(self, module: nn.Module) -> tuple[Tensor, ...]:
+        calls = self.recorded.get(id(module))
+        if not calls:
+            raise RuntimeError(f"{type(module).__name__} ran for the samples but not for the baselines: DeepLIFT "
+                               "needs the same graph for both")
+        return tuple(t.index_select(0, self.which) for t in calls.pop(0))
+
+    def _elementwise(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
         x = self.inputs.pop(id(module))
-        n = x.shape[0] // 2
+        if self.which is None:
+            self.recorded.setdefault(id(module), []).append((x, output.clone()))
+            return None
+        x0, y0 = self._baseline_call(module)
         with torch.no_grad():
-            delta_in = x[:n] - x[n:]
+            delta_in = x - x0
             near = delta_in.abs() < EPSILON
-            ratio = torch.where(near, 0.0, (output[:n] - output[n:]) / torch.where(near, 1.0, delta_in))
-            nothing = torch.zeros_like(ratio)
-            multiplier = torch.cat([ratio, nothing])
-            passthrough = torch.cat([near.to(ratio.dtype), nothing]) if near.any() else None
+            multiplier = torch.where(near, 0.0, (output - y0) / torch.where(near, 1.0, delta_in))
+            passthrough = near.to(multiplier.dtype) if near.any() else None
         return _Rescale.apply(x, output, multiplier, passthrough)
 
-    def _rescale_maxpool(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+    def _maxpool(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
         pool, unpool = MAXPOOL_UNPOOL[type(module)]
         x = inputs[0]
         with torch.no_grad():
             _, indices = pool(x, module.kernel_size, module.stride, module.padding, module.dilation,
                               module.ceil_mode, True)
-        return _MaxPoolRescale.apply(x, output, indices, None if self.sum_overlaps else unpool, module)
+        if self.which is None:
+            self.recorded.setdefault(id(module), []).append((x, output.clone(), indices))
+            return None
+        x0, y0, indices0 = self._baseline_call(module)
+        return _MaxPoolRescale.apply(x, output, indices, x0, y0, indices0, None if self.sum_overlaps else unpool,
+                                     module)
 
 
 def target_rows(target: Target, n: int):
@@ -194,11 +229,12 @@ def target_rows(target: Target, n: int):
 
 
 def deeplift_multipliers(
-    model: nn.Module, x: Tensor, baseline: Tensor, target: Target, batch_size: int, sum_overlaps: bool = False,
-    desc: str = "DeepLIFT",
+    model: nn.Module, x: Tensor, baselines: Tensor, which: Tensor, target: Target, batch_size: int,
+    sum_overlaps: bool = False, desc: str = "DeepLIFT",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The DeepLIFT multipliers of the target logit for each pair (x[i], baseline[i]), ``batch_size`` pairs per
-    forward/backward of the concatenated pair batch; returns (multipliers, output on x, resolved target)."""
+    """The DeepLIFT multipliers of the target logit for each pair (x[i], baselines[which[i]]), ``batch_size``
+    samples per forward/backward (after a gradient-free forward of the distinct baselines they use); returns
+    (multipliers, output on x, resolved target)."""
     n = x.shape[0]
     rows = target_rows(target, n)
     multipliers, outputs, resolved = [], [], []
@@ -207,26 +243,39 @@ def deeplift_multipliers(
         starts = range(0, n, batch_size)
         for start in tqdm(starts, desc=desc, leave=False, disable=None if len(starts) > 1 else True):
             stop = min(start + batch_size, n)
-            pairs = torch.cat([x[start:stop], baseline[start:stop]]).requires_grad_(True)
+            used, local = torch.unique(which[start:stop], return_inverse=True)
+            hooks.record(model, baselines.index_select(0, used))
+            hooks.rescale(local)
+            samples = x[start:stop].detach().requires_grad_(True)
             with torch.enable_grad():
-                output = run_model(model, pairs)
-                chunk_target = resolve_target(rows(start, stop), output[: stop - start])
-                seed = one_hot_at(output, torch.cat([chunk_target, chunk_target]))
-                seed[stop - start:] = 0
-                (grad,) = torch.autograd.grad(output, pairs, grad_outputs=seed)
-            multipliers.append(grad[: stop - start])
-            outputs.append(output[: stop - start].detach())
+                output = run_model(model, samples)
+                chunk_target = resolve_target(rows(start, stop), output)
+                (grad,) = torch.autograd.grad(output, samples, grad_outputs=one_hot_at(output, chunk_target))
+            hooks.check_all_used()
+            multipliers.append(grad)
+            outputs.append(output.detach())
             resolved.append(chunk_target)
     finally:
         hooks.remove()
     return torch.cat(multipliers), torch.cat(outputs), torch.cat(resolved)
 
 
+def distinct_baselines(baseline: Baseline, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(baselines, which): one baseline when every sample has the same one (None = zeros, a number, an image that
+    broadcasts over the batch), else one per sample; sample i's is ``baselines[which[i]]``."""
+    n = x.shape[0]
+    resolved = resolve_baseline(baseline, x)  # checks the shape
+    shared = not isinstance(baseline, Tensor) or baseline.dim() < x.dim() or baseline.shape[0] == 1
+    if shared:
+        return resolved[:1].contiguous(), torch.zeros(n, dtype=torch.long, device=x.device)
+    return resolved, torch.arange(n, device=x.device)
+
+
 class DeepLIFT(Analyzer):
     """(x - baseline) times the DeepLIFT Rescale multipliers (see the module docstring); equals Captum's DeepLift.
 
     ``baseline``: None (zeros), a number, or a tensor broadcastable to the input. At most ``batch_size``
-    samples (with their baselines: twice as many images) go through the model at once. ``sum_overlaps``: add up
+    samples go through the model at once (and before them, their baselines: one image when they share it). ``sum_overlaps``: add up
     the MaxPool shares of overlapping windows (exact summation-to-delta) instead of keeping one as Captum does.
     """
 
@@ -241,17 +290,18 @@ class DeepLIFT(Analyzer):
         check_deeplift_model(self.model)
 
     def _attribute(self, x, target):
-        baseline = resolve_baseline(self.baseline, x)
+        baselines, which = distinct_baselines(self.baseline, x)
         multipliers, output, resolved = deeplift_multipliers(
-            self.model, x, baseline, target, self.batch_size, self.sum_overlaps)
-        return (x - baseline) * multipliers, output, resolved
+            self.model, x, baselines, which, target, self.batch_size, self.sum_overlaps)
+        return (x - baselines.index_select(0, which)) * multipliers, output, resolved
 
 
 class DeepLIFTShap(Analyzer):
     """The mean of DeepLIFT over a set of baselines (Lundberg & Lee 2017); equals Captum's DeepLiftShap.
 
     ``baselines``: a tensor (B, *sample_shape) with B >= 1, e.g. a sample of training images. The N x B
-    (input, baseline) pairs go through the model ``batch_size`` pairs at a time; ``sum_overlaps`` as in DeepLIFT.
+    (input, baseline) pairs go through the model ``batch_size`` pairs at a time, after the (at most B) baselines
+    those pairs use; ``sum_overlaps`` as in DeepLIFT.
     """
 
     def __init__(self, model: nn.Module, baselines: Tensor, batch_size: int = 32, sum_overlaps: bool = False):
@@ -267,12 +317,13 @@ class DeepLIFTShap(Analyzer):
         baselines = checked_against_input(self.baselines, x)
         n, b = x.shape[0], baselines.shape[0]
         inputs = x.repeat_interleave(b, dim=0)  # pair (i, j) at row i * b + j, as Captum orders them
-        references = baselines.repeat(n, *([1] * (x.dim() - 1)))
+        which = torch.arange(b, device=x.device).repeat(n)
         if isinstance(target, Tensor) and target.dim() == 1:
             target_rows(target, n)
             target = target.repeat_interleave(b)
         multipliers, output, resolved = deeplift_multipliers(
-            self.model, inputs, references, target, self.batch_size, self.sum_overlaps, desc="DeepLIFTShap")
+            self.model, inputs, baselines, which, target, self.batch_size, self.sum_overlaps, desc="DeepLIFTShap")
+        references = baselines.index_select(0, which)
         attribution = ((inputs - references) * multipliers).view(n, b, *x.shape[1:]).mean(dim=1)
         return attribution, output[::b], resolved[::b]
 
