@@ -266,6 +266,23 @@ def test_digits_cnn_runs_and_is_left_unchanged(digits_model, digits_batch, digit
     assert max(cosine(a, g) for a, g in zip(attribution.attribution, gradient)) < 0.99
 
 
+def test_an_analyzer_reused_after_the_weights_change_uses_the_new_weights(digits_model, digits_batch,
+                                                                        digits_patterns):
+    """The folded model and the backward weights are cached per analyzer, keyed by the model's tensors."""
+    import copy
+
+    model, x = copy.deepcopy(digits_model), digits_batch[0][:4]
+    analyzer = PatternAttribution(model, digits_patterns)
+    first = analyzer(x, target=0).attribution
+    assert torch.equal(analyzer(x, target=0).attribution, first)  # the cached preparation
+    with torch.no_grad():
+        model[0][0].weight.mul_(2.0)  # the first conv, folded with its BatchNorm
+        model[0][1].running_var.mul_(4.0)
+    changed = analyzer(x, target=0).attribution
+    assert not torch.equal(changed, first)
+    assert torch.equal(changed, PatternAttribution(model, digits_patterns)(x, target=0).attribution)
+
+
 def test_bad_patterns_argument(digits_model):
     with pytest.raises(TypeError, match="xai.Patterns"):
         PatternNet(digits_model, {"0.0": torch.zeros(16, 1, 3, 3)})
