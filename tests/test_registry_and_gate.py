@@ -96,6 +96,25 @@ def test_registered_models_in_both_formats_give_the_bundled_models_results_and_a
     assert [m.model_id for m in linked] == [registry[0]]
 
 
+def test_the_xai_evaluator_on_a_registered_model_gives_the_pipelines_metrics(server, registry, tmp_path):
+    """``mlflow.models.evaluate(models:/digits/1, evaluators=["xai"])`` against the server, beside ``model=mlflow``."""
+    from pipeline.store import fluent_uri
+
+    folder = run_job(compose_config([*RUN, f"tracking.uri={server}", "tracking.publish=false", "model=mlflow",
+                                     f"model.uri=models:/{NAME}/1"]), tmp_path / "run")
+    images, labels = (t[:8].numpy() for t in digits_split("test"))
+    settings = {"method": "lrp", "composite": "epsilon_gamma_box",
+                "overrides": ["batch_size=8", "heatmaps=2", "evaluation.features_in_step=128"]}
+    with fluent_uri(server):
+        experiment = mlflow.create_experiment("evaluate")
+        with mlflow.start_run(experiment_id=experiment):
+            result = mlflow.models.evaluate(f"models:/{NAME}/1", images.reshape(8, -1), targets=labels,
+                                            model_type="classifier", evaluators=["xai"],
+                                            evaluator_config={"xai": settings})
+    evaluated = {k: v for k, v in result.metrics.items() if not k.startswith("runtime/")}
+    assert evaluated == results(folder)
+
+
 def test_unknown_models_aliases_versions_and_non_torch_models_are_refused_naming_what_exists(server, registry):
     with pytest.raises(ValueError, match=r"no registered model is named 'digitz'; registered: digits, tabular"):
         resolve("models:/digitz@champion", server)
