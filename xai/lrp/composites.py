@@ -7,7 +7,8 @@ Zennit's composites share: ``PassRule`` on element-wise activations and ``NormRu
 residual sums, see ``LRP``); BatchNorm is merged into the layer before it. Beyond Zennit: ``LayerNormRule`` on
 LayerNorm/GroupNorm/RMSNorm and ``GateRule`` on products of an activation and a gate (squeeze-excitation).
 Functional ops in ``forward`` (``F.relu``, ``x.mean((2, 3))``) get the rule of their module form
-(``rule_for_type``).
+(``rule_for_type``). The attention composites ``CPLRP`` and ``AttnLRP`` add a matmul rule and a softmax rule, for
+Vision Transformers (torchvision's ``VisionTransformer`` and ``swin_t``, timm's ViT/DeiT).
 
 A custom composite in a few lines::
 
@@ -21,8 +22,8 @@ from torch import nn
 
 from xai.lrp.canonize import CONV_TYPES, LINEAR_TYPES
 from xai.lrp.rules import (
-    AlphaBetaRule, EpsilonRule, FlatRule, GammaRule, GateRule, LayerNormRule, NormRule, PassRule, ProductRule, Rule,
-    ZBoxRule, ZPlusRule,
+    AlphaBetaRule, ConstantRule, EpsilonRule, FlatRule, GammaRule, GateRule, LayerNormRule, NormRule, PassRule,
+    ProductRule, Rule, SoftmaxRule, UniformRule, ZBoxRule, ZPlusRule,
 )
 from xai.validation import finite_number
 
@@ -148,6 +149,16 @@ class Composite:
         """The rule for products of an activation and a gate (``x * sigmoid(s(x))``)."""
         return GateRule()
 
+    @property
+    def matmul_rule(self) -> UniformRule | None:
+        """The rule for ops linear in each activation factor (matmuls, ``F.linear``); None: refused."""
+        return None
+
+    @property
+    def softmax_rule(self) -> Rule | None:
+        """The rule for a softmax inside the model (attention); None: refused. Attention ops need it."""
+        return None
+
     def structural_entries(self) -> list[Entry]:
         return [ByType(ACTIVATION_TYPES, PassRule()), ByType(AVG_POOL_TYPES, NormRule(self.stabilizer)),
                 ByType(NORM_TYPES, LayerNormRule(self.stabilizer))]
@@ -233,13 +244,65 @@ class EpsilonAlpha2Beta1Flat(Composite):
         )
 
 
+class _AttentionComposite(Composite):
+    """Gamma on Linear and Conv layers (as LXT 2.1's ViT example, with Zennit's Gamma; a gamma of 0: the Epsilon
+    rule), the uniform rule on matmuls and on weights used functionally (``UniformRule``); the softmax rule is the
+    subclass's. ``epsilon``: the Epsilon and uniform rules'; ``stabilizer``: the Gamma rule's, and that of LayerNorm
+    and of residual sums."""
+
+    def __init__(self, gamma_linear: float, gamma_conv: float, epsilon: float, stabilizer: float, name: str):
+        def rule(gamma, what):
+            gamma = finite_number(gamma, f"{name}'s {what}", minimum=0)
+            return GammaRule(gamma, stabilizer) if gamma else EpsilonRule(epsilon)
+
+        super().__init__(ByType(CONV_TYPES, rule(gamma_conv, "gamma_conv")),
+                         ByType(nn.Linear, rule(gamma_linear, "gamma_linear")), name=name, stabilizer=stabilizer)
+        self._matmul_rule = UniformRule(epsilon)
+
+    @property
+    def matmul_rule(self) -> UniformRule:
+        return self._matmul_rule
+
+
+class CPLRP(_AttentionComposite):
+    """CP-LRP for transformers (Ali et al. 2022, "XAI for Transformers: Better Explanations through Conservative
+    Propagation"; LXT 2.1's ``cp_LRP`` recipe for torchvision's ViT): the attention weights are constants, so
+    relevance flows through the values and their projections only (``ConstantRule`` on the softmax). LayerNorm with
+    its std held fixed, the identity rule on GELU and other element-wise activations, Gamma on Linear/Conv."""
+
+    def __init__(self, gamma_linear: float = 0.05, gamma_conv: float = 0.25, epsilon: float = 1e-6,
+                 stabilizer: float = 1e-6):
+        super().__init__(gamma_linear, gamma_conv, epsilon, stabilizer, name="CPLRP")
+        self._softmax_rule = ConstantRule()
+
+    @property
+    def softmax_rule(self) -> ConstantRule:
+        return self._softmax_rule
+
+
+class AttnLRP(_AttentionComposite):
+    """AttnLRP (Achtibat et al. 2024, "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation for
+    Transformers"; LXT 2.1): the uniform rule on query @ key^T and weights @ values (half the relevance to each
+    factor), the softmax rule on the attention scores; otherwise as ``CPLRP``."""
+
+    def __init__(self, gamma_linear: float = 0.05, gamma_conv: float = 0.25, epsilon: float = 1e-6,
+                 stabilizer: float = 1e-6):
+        super().__init__(gamma_linear, gamma_conv, epsilon, stabilizer, name="AttnLRP")
+        self._softmax_rule = SoftmaxRule()
+
+    @property
+    def softmax_rule(self) -> SoftmaxRule:
+        return self._softmax_rule
+
+
 def default_composite() -> Composite:
     """``LRP(model)`` without a composite: Epsilon (1e-6, nearly LRP-0 but safe at z = 0) on all linear layers."""
     return Composite(ByType(LINEAR_TYPES, EpsilonRule()), name="Epsilon")
 
 
 __all__ = [
-    "ACTIVATION_TYPES", "AVG_POOL_TYPES", "NORM_TYPES", "ByName", "ByType", "Composite", "EpsilonAlpha2Beta1",
+    "ACTIVATION_TYPES", "AVG_POOL_TYPES", "NORM_TYPES", "AttnLRP", "ByName", "ByType", "CPLRP", "Composite",
+    "EpsilonAlpha2Beta1",
     "EpsilonAlpha2Beta1Flat", "EpsilonGammaBox", "EpsilonPlus", "EpsilonPlusFlat", "FirstLayer", "IndexRange",
     "default_composite",
 ]

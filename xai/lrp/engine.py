@@ -13,7 +13,10 @@ Functional ops inside ``forward`` are caught by a ``TorchFunctionMode`` and get 
 average pooling, ``F.layer_norm`` that of ``nn.LayerNorm``. Residual additions ``a + b`` of two activations (also a
 functional ``+``/``+=``, as in torchvision's ResNet) are split in proportion to the summands (Zennit's Norm rule on
 its ``Sum`` layer), so relevance is never duplicated; an activation times a constant keeps its relevance, an
-activation times a gate gets the composite's product rule. Inside a module that has a rule nothing is intercepted:
+activation times a gate gets the composite's product rule. With an attention composite (``CPLRP``, ``AttnLRP``)
+matmuls and ``F.linear`` get its matmul rule, ``softmax`` its softmax rule, and fused attention ops
+(``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``'s ``F.multi_head_attention_forward``) run as their
+decomposition into these ops (``xai.lrp.attention``). Inside a module that has a rule nothing is intercepted:
 the rule replaces the module as a whole. timm's norm-act modules are merged at their ``F.batch_norm`` call.
 """
 import weakref
@@ -24,13 +27,15 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from xai.analyzer import Analyzer, check_output
+from xai.lrp.attention import DECOMPOSITIONS
 from xai.lrp.canonize import BATCH_NORM_TYPES, AffineLayer
 from xai.lrp.composites import Composite, default_composite
 from xai.errors import UnsupportedModelError
-from xai.lrp.functional import (GATE_OPS, GATE_TYPES, MODULE_FORMS, FunctionalCall, Kind, canonical, classify,
-                                op_name, out_of_place)
+from xai.lrp.functional import (GATE_OPS, GATE_TYPES, MODULE_FORMS, FunctionalCall, Kind, activations, canonical,
+                                classify, op_name, out_of_place)
 from xai.lrp.model_check import ADVICE, Trace, check_modules, is_norm_act, trace
-from xai.lrp.rules import GateRule, LayerOutput, LinearRule, PassRule, ProductRule, Rule, signed_epsilon
+from xai.lrp.rules import (ConstantRule, GateRule, LayerOutput, LinearRule, PassRule, ProductRule, Rule,
+                           SoftmaxRule, UniformRule, signed_epsilon)
 from xai.targets import Target, one_hot_at, resolve_target
 from xai.validation import module_at
 
@@ -112,6 +117,57 @@ class _ProductRelevance(torch.autograd.Function):
         return on_value, on_gate, None, None
 
 
+class _MatmulRelevance(torch.autograd.Function):
+    """An op linear in each of its activation factors (a matmul, ``F.linear``). Forward: the op's output, computed
+    once, with the graph from detached copies of the factors. Backward: the rule's relevance at the factors from the
+    vector-Jacobian products J_i^T (R / stab(z)) of that graph (``UniformRule.split``)."""
+
+    @staticmethod
+    def forward(ctx, rule: UniformRule, call, n: int, *factors):
+        with torch.enable_grad():
+            leaves = [f.detach().requires_grad_(True) for f in factors]
+            output = call(*leaves)
+        ctx.rule, ctx.output, ctx.leaves, ctx.n = rule, output, leaves, n
+        return output.detach()
+
+    @staticmethod
+    def backward(ctx, relevance):
+        output, leaves, ctx.output, ctx.leaves = ctx.output, ctx.leaves, None, None
+        share = relevance / ctx.rule.modify_denominator(output.detach())
+        vjps = torch.autograd.grad(output, leaves, share)
+        return (None, None, None, *ctx.rule.split(tuple(leaf.detach() for leaf in leaves), vjps, ctx.n))
+
+
+class _SoftmaxRelevance(torch.autograd.Function):
+    """softmax(x) along ``dim`` (computed already, ``output``) whose backward is the softmax rule."""
+
+    @staticmethod
+    def forward(ctx, x, output, dim: int, rule: SoftmaxRule):
+        ctx.save_for_backward(x, output)
+        ctx.dim, ctx.rule = dim, rule
+        return output
+
+    @staticmethod
+    def backward(ctx, relevance):
+        x, output = ctx.saved_tensors
+        return ctx.rule.redistribute(x, output, relevance, ctx.dim).to(x.dtype), None, None, None
+
+
+def _call_with(func, args: tuple, kwargs: dict, factors: list[Tensor]):
+    """``func`` with the other arguments bound: called with one tensor per factor, in their place."""
+    def call(*leaves):
+        swap = {id(f): leaf for f, leaf in zip(factors, leaves)}
+
+        def put(a):
+            if isinstance(a, (list, tuple)):
+                return type(a)(put(t) for t in a)
+            return swap.get(id(a), a) if isinstance(a, Tensor) else a
+
+        return func(*put(args), **{k: put(v) for k, v in kwargs.items()})
+
+    return call
+
+
 class _RelevanceForward(TorchFunctionMode):
     """During the LRP forward pass, outside the modules that have a rule: functional ops get the rule of their
     module form, sums of activations become proportional sums, products with constants and gates get their rules
@@ -122,12 +178,14 @@ class _RelevanceForward(TorchFunctionMode):
     (``_Rectifiable.relu_in_place``)."""
 
     def __init__(self, stabilizer: float, rectifiable: "_Rectifiable", functional_rules: dict[str, Rule],
-                 product_rule: ProductRule):
+                 product_rule: ProductRule, matmul_rule: UniformRule | None, softmax_rule: Rule | None):
         super().__init__()
         self.stabilizer = stabilizer
         self.rectifiable = rectifiable
         self.functional_rules = functional_rules
         self.product_rule = product_rule
+        self.matmul_rule = matmul_rule
+        self.softmax_rule = softmax_rule
         self.opaque_depth = 0  # > 0 while a module with a rule runs
         self.batch_norm_handler = None  # set while a norm-act module runs: what to do with its F.batch_norm
         self._gates: dict[int, weakref.ref] = {}
@@ -151,6 +209,17 @@ class _RelevanceForward(TorchFunctionMode):
             kind = classify(name, args, kwargs)
             if kind is Kind.RULE and name in self.functional_rules:
                 return self._rule(func, name, args, kwargs)
+            if kind is Kind.ATTENTION and self.softmax_rule is not None:
+                with self:  # the decomposition's ops get their rules
+                    return DECOMPOSITIONS[name](*args, **kwargs)
+            if kind is Kind.MATMUL and self.matmul_rule is not None:
+                carrying = activations(args, kwargs)
+                factors = list({id(a): a for a in carrying}.values())
+                op, op_kwargs = out_of_place(func, kwargs)
+                return _MatmulRelevance.apply(self.matmul_rule, _call_with(op, args, op_kwargs, factors),
+                                              len(carrying), *factors)
+            if kind is Kind.SOFTMAX and name == "softmax" and self.softmax_rule is not None:
+                return self._softmax(func, args, kwargs)
             if kind is Kind.SUM:
                 a, b = args
                 alpha = kwargs.get("alpha", 1)
@@ -187,6 +256,17 @@ class _RelevanceForward(TorchFunctionMode):
         if name in GATE_OPS:
             self.add_gate(result)
         return result
+
+    def _softmax(self, func, args: tuple, kwargs: dict) -> Tensor:
+        """A softmax with the composite's softmax rule; with ``ConstantRule`` (CP-LRP) its output is a constant."""
+        with torch.no_grad():
+            output = func(*args, **kwargs)
+        if isinstance(self.softmax_rule, ConstantRule):
+            return output
+        x = args[0]
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        dim = F._get_softmax_dim("softmax", x.dim(), 3) if dim is None else dim
+        return _SoftmaxRelevance.apply(x, output, dim, self.softmax_rule)
 
     def _product(self, func, args: tuple, kwargs: dict, kind: Kind) -> Tensor:
         """An activation times a constant (its relevance kept), or times a gate (the composite's product rule)."""
@@ -262,12 +342,14 @@ class LRP(Analyzer):
         return found
 
     def _check_model(self) -> None:
-        check_modules(self.model, self.layer_rules())
+        check_modules(self.model, self.layer_rules(), attention=self.composite.softmax_rule is not None)
 
     def _trace(self, x: Tensor) -> Trace:
         key = (tuple(x.shape[1:]), x.dtype, x.device, tuple(id(m) for m in self.model.modules()))
         if key not in self._traces:
-            self._traces[key] = trace(self.model, x[:1], set(self.layer_rules()), set(self.functional_rules()))
+            self._traces[key] = trace(self.model, x[:1], set(self.layer_rules()), set(self.functional_rules()),
+                                      matmul=self.composite.matmul_rule is not None,
+                                      softmax=self.composite.softmax_rule is not None)
         return self._traces[key]
 
     def _affine(self, module: nn.Module, batch_norm: nn.Module | None) -> AffineLayer:
@@ -329,7 +411,7 @@ class LRP(Analyzer):
                    if getattr(m, "inplace", False) is True and not isinstance(m, nn.ReLU)]
         rectifiable = _Rectifiable()
         mode = _RelevanceForward(self.composite.stabilizer, rectifiable, self.functional_rules(),
-                                 self.composite.product_rule)
+                                 self.composite.product_rule, self.composite.matmul_rule, self.composite.softmax_rule)
         handles = []
         try:
             for m in inplace:

@@ -7,12 +7,16 @@ pooling) keep their gradient, which is already the LRP redistribution (winner ta
 activations are split in proportion to the summands (Zennit's ``Norm`` rule on its ``Sum`` layer); an activation
 scaled by a constant (``x * layer_scale``, ``x / 6``) keeps its relevance (the Epsilon rule of an element-wise
 linear map without bias); a product of an activation and a gate (the output of a sigmoid, as in squeeze-excitation)
-gets the composite's product rule. Everything else that touches an activation has no rule: the model check refuses
+gets the composite's product rule. Attention (composites ``CPLRP``, ``AttnLRP``): ops linear in each activation
+factor (a matmul of two activations, an activation times a constant matrix, ``F.linear`` with a weight used
+functionally) get the composite's matmul rule, ``softmax`` its softmax rule; ``scaled_dot_product_attention`` and
+``multi_head_attention_forward`` are run as their decomposition into these ops (``xai.lrp.attention``), so that
+each part gets its rule. Everything else that touches an activation has no rule: the model check refuses
 it, naming the module whose ``forward`` calls it (the engine never routes an unknown op by its gradient).
 
 ``classify`` is the one decision both the model check (dry run) and the engine (relevance forward) use, so that
-what the check accepts is exactly what the engine explains. New op families (attention: ``matmul``,
-``scaled_dot_product_attention``, ``softmax``) are added here as a kind plus a rule on the composite.
+what the check accepts is exactly what the engine explains. New op families are added here as a kind plus a rule on
+the composite.
 """
 from enum import Enum
 from typing import Callable
@@ -27,7 +31,7 @@ ROUTING_OPS = frozenset({
     "type_as", "expand", "expand_as", "repeat", "roll", "flip", "pad", "channel_shuffle", "pixel_shuffle",
     "pixel_unshuffle", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
     "adaptive_max_pool3d", "max", "amax", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
-    "feature_alpha_dropout", "detach",
+    "feature_alpha_dropout", "detach", "masked_fill",
 })
 
 # op -> the module whose rule it gets
@@ -46,8 +50,9 @@ GATE_TYPES = (nn.Sigmoid, nn.Hardsigmoid)
 SUM_OPS = frozenset({"add", "__add__", "__radd__"})
 SCALE_OPS = frozenset({"mul", "__mul__", "__rmul__", "multiply"})
 QUOTIENT_OPS = frozenset({"div", "__truediv__", "divide", "true_divide"})
-MATMUL_OPS = frozenset({"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "einsum", "baddbmm",
-                        "scaled_dot_product_attention"})
+MATMUL_OPS = frozenset({"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "einsum", "linear"})
+#: Attention ops run as their decomposition into matmuls and a softmax (``xai.lrp.attention.DECOMPOSITIONS``).
+ATTENTION_OPS = frozenset({"scaled_dot_product_attention", "multi_head_attention_forward"})
 SOFTMAX_OPS = frozenset({"softmax", "log_softmax", "softmin"})
 #: Ops that read a tensor's shape (exported graphs call ``sym_size`` for a dynamic batch): no relevance flows.
 SHAPE_OPS = frozenset({"size", "sym_size", "sym_numel", "sym_stride", "dim", "numel", "stride"})
@@ -61,8 +66,9 @@ class Kind(Enum):
     SUM = "proportional sum"
     SCALE = "scaled by a constant"
     PRODUCT = "element-wise product of two activations"
-    MATMUL = "matrix product of two activations"
+    MATMUL = "linear in each activation factor (matmul, F.linear)"
     SOFTMAX = "softmax"
+    ATTENTION = "attention, run as its decomposition"
     UNKNOWN = "no rule"
 
 
@@ -106,8 +112,10 @@ def classify(name: str, args: tuple, kwargs: dict) -> Kind:
         return Kind.SCALE if len(carrying) == 1 else Kind.PRODUCT
     if name in QUOTIENT_OPS and len(args) == 2:
         return Kind.SCALE if first_only else Kind.PRODUCT
-    if name in MATMUL_OPS and len(carrying) >= 2:
+    if name in MATMUL_OPS:
         return Kind.MATMUL
+    if name in ATTENTION_OPS:
+        return Kind.ATTENTION
     if name in SOFTMAX_OPS:
         return Kind.SOFTMAX
     return Kind.UNKNOWN
@@ -138,5 +146,5 @@ class FunctionalCall:
         return self.func(x, *self.rest, **self.kwargs)
 
 
-__all__ = ["FunctionalCall", "GATE_OPS", "GATE_TYPES", "Kind", "MODULE_FORMS", "ROUTING_OPS", "activations",
-           "canonical", "classify", "op_name", "out_of_place"]
+__all__ = ["ATTENTION_OPS", "FunctionalCall", "GATE_OPS", "GATE_TYPES", "Kind", "MODULE_FORMS", "ROUTING_OPS",
+           "activations", "canonical", "classify", "op_name", "out_of_place"]

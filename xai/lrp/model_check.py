@@ -2,11 +2,14 @@
 
 The static scan (``check_modules``) needs no input: recurrent layers, attention, transformers, softmax layers,
 normalisations without a rule (InstanceNorm, LocalResponseNorm) and unknown layers with parameters are rejected
-unless the user gave the layer a rule; a module with a user-given rule is covered as a whole (its children are not
-checked). The dry run (``trace``, one sample, cached per input shape by ``LRP``) sees what only execution shows: a
+unless the user gave the layer a rule (``nn.MultiheadAttention`` is accepted with an attention composite,
+``CPLRP``/``AttnLRP``, and checked by the dry run); a module with a user-given rule is covered as a whole (its
+children are not checked). The dry run (``trace``, one sample, cached per input shape by ``LRP``) sees what only execution shows: a
 layer called twice (shared weights), a functional softmax at the output, every functional op on an activation
 outside the modules that have a rule (``xai.lrp.functional.classify``: an op without a rule, or a product of two
-activations that is not an activation times a gate, is refused, naming the module whose ``forward`` calls it), and
+activations that is not an activation times a gate, is refused, naming the module whose ``forward`` calls it;
+matmuls, softmaxes inside the model and attention ops are accepted when the composite has rules for them, and the
+attention ops are checked as their decomposition, ``xai.lrp.attention``), and
 which BatchNorm directly consumes the output of which Linear/Conv (the pairs ``LRP`` merges; execution order, not
 definition order). timm's norm-act modules (BatchNorm + activation in one module) merge like a BatchNorm.
 """
@@ -20,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 from xai.errors import Problem, UnsupportedModelError
 from xai.lrp.canonize import BATCH_NORM_TYPES, CONV_TYPES, LINEAR_TYPES, conv_padding
 from xai.lrp.composites import leaves
+from xai.lrp.attention import DECOMPOSITIONS, unsupported
 from xai.lrp.functional import GATE_OPS, GATE_TYPES, Kind, canonical, classify
 from xai.lrp.rules import Rule
 from xai.softmax import SOFTMAX_TYPES
@@ -45,8 +49,9 @@ GRADIENT_TYPES = (
 UNSUPPORTED = (
     (nn.RNNBase, "recurrent layer: LRP rules for its gates are not implemented"),
     ((nn.RNNCellBase,), "recurrent cell: LRP rules for its gates are not implemented"),
-    ((nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder,
-      nn.TransformerEncoderLayer, nn.TransformerDecoderLayer), "attention: needs AttnLRP rules (not implemented)"),
+    ((nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
+      nn.TransformerDecoderLayer), "transformer layer: LRP rules for it are not implemented (nn.MultiheadAttention "
+     "is supported, with composite=xai.composites.CPLRP() or AttnLRP())"),
     ((nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm),
      "normalisation layer without an LRP rule (BatchNorm is merged, LayerNorm/GroupNorm/RMSNorm get LayerNormRule)"),
     ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear, nn.Embedding, nn.EmbeddingBag),
@@ -67,8 +72,12 @@ def _covered(path: str, ruled_containers: list[str]) -> bool:
     return any(path.startswith(prefix + ".") for prefix in ruled_containers)
 
 
-def check_modules(model: nn.Module, rules: dict[str, Rule]) -> None:
-    """Raise ``UnsupportedModelError`` for every module LRP cannot handle that has no rule (``rules``: by path)."""
+ATTENTION_ADVICE = "use an attention composite: LRP(model, composite=xai.composites.CPLRP()) or AttnLRP()"
+
+
+def check_modules(model: nn.Module, rules: dict[str, Rule], attention: bool = False) -> None:
+    """Raise ``UnsupportedModelError`` for every module LRP cannot handle that has no rule (``rules``: by path);
+    ``attention``: the composite has attention rules (``nn.MultiheadAttention`` is then left to the dry run)."""
     problems = []
     layer_list = leaves(model)
     last_path = layer_list[-1][0] if layer_list else None
@@ -85,6 +94,8 @@ def check_modules(model: nn.Module, rules: dict[str, Rule]) -> None:
                 ruled_containers.append(path)
             continue
         reason = next((why for types, why in UNSUPPORTED if isinstance(module, types)), None)
+        if reason is None and isinstance(module, nn.MultiheadAttention) and not attention:
+            reason = f"attention: {ATTENTION_ADVICE}"
         if reason is not None:  # also a container (MultiheadAttention): reported once, its children not
             problems.append(_problem(path, module, reason))
             ruled_containers.append(path)
@@ -124,8 +135,9 @@ class _OpWatch(TorchFunctionMode):
     products that are not gated, softmaxes, and who reads each Linear/Conv output."""
 
     def __init__(self, stack: list[tuple[str, nn.Module]], linear_outputs: dict[int, tuple[str, Tensor]],
-                 opaque: set[nn.Module], functional_rules: Collection[str]):
+                 opaque: set[nn.Module], functional_rules: Collection[str], matmul: bool, softmax: bool):
         super().__init__()
+        self.matmul, self.softmax = matmul, softmax
         self.stack = stack
         self.opaque = opaque
         self.functional_rules = functional_rules
@@ -137,6 +149,16 @@ class _OpWatch(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        name = canonical(func)
+        if self.softmax and classify(name, args, kwargs) is Kind.ATTENTION and torch.is_grad_enabled() and \
+                not any(m in self.opaque for _, m in self.stack):
+            reason = unsupported(name, args, kwargs)
+            if reason is None:
+                with self:  # checked as the engine explains it: as its decomposition
+                    return DECOMPOSITIONS[name](*args, **kwargs)
+            path, module = self.stack[-1] if self.stack else ("", None)
+            self.refused[path, f"calls {name}: {reason}"] = module
+            return func(*args, **kwargs)
         result = func(*args, **kwargs)
         if isinstance(result, Tensor):  # a consumer of its tensor arguments (not .size(), .dim(), ...)
             for arg in list(args) + list(kwargs.values()):
@@ -147,7 +169,6 @@ class _OpWatch(TorchFunctionMode):
         if not torch.is_grad_enabled() or not _carries(result) or any(m in self.opaque for _, m in self.stack):
             return result  # relevance cannot flow through a result without grad (sizes, masks, argmax)
         path, module = self.stack[-1] if self.stack else ("", None)
-        name = canonical(func)
         if name == "batch_norm" and isinstance(module, BATCH_NORM_TYPES):
             return result  # a norm-act module's own BatchNorm: merged or passed by the engine
         kind = classify(name, args, kwargs)
@@ -156,11 +177,15 @@ class _OpWatch(TorchFunctionMode):
                          "form"] = module
         elif kind is Kind.RULE and name in GATE_OPS:
             self.gates[id(result)] = result
-        elif (kind is Kind.PRODUCT and not self.is_gated(args)) or kind is Kind.MATMUL:
+        elif kind is Kind.PRODUCT and not self.is_gated(args):
             self.refused[path, f"multiplies two activations ({name}), not an activation and a gate (the output of a "
-                         "sigmoid): LRP rules for such products (attention) are not implemented"] = module
+                         "sigmoid): LRP rules for such products are not implemented"] = module
+        elif kind is Kind.MATMUL and not self.matmul:
+            self.refused[path, f"calls {name} on an activation (a matmul, attention?): {ATTENTION_ADVICE}"] = module
+        elif kind is Kind.ATTENTION:
+            self.refused[path, f"calls {name} (attention): {ATTENTION_ADVICE}"] = module
         elif kind is Kind.SOFTMAX and isinstance(result, Tensor):
-            self.softmax_results[id(result)] = (path, module, result)
+            self.softmax_results[id(result)] = (path, module, result, self.softmax and name == "softmax")
         elif kind is Kind.UNKNOWN:
             self.refused[path, f"calls {name} on an activation in forward(): LRP has no rule for this "
                          "operation"] = module
@@ -175,12 +200,13 @@ def _carries(result) -> bool:
     return any(isinstance(t, Tensor) and t.requires_grad for t in items)
 
 
-def trace(model: nn.Module, sample: Tensor, ruled: Collection[str] = (),
-          functional_rules: Collection[str] = ()) -> Trace:
+def trace(model: nn.Module, sample: Tensor, ruled: Collection[str] = (), functional_rules: Collection[str] = (),
+          matmul: bool = False, softmax: bool = False) -> Trace:
     """Run ``model`` once on ``sample`` (one input, parameters frozen) and record what LRP needs to know.
 
     ``ruled``: the paths of modules that have a rule (they are explained as a whole, what runs inside them is not
-    checked; a BatchNorm with a rule, or inside a module with one, is not merged); ``functional_rules``: the functional ops that have a rule.
+    checked; a BatchNorm with a rule, or inside a module with one, is not merged); ``functional_rules``: the functional
+    ops that have a rule; ``matmul``, ``softmax``: the composite has a matmul rule, a softmax rule (attention).
     """
     found = Trace()
     paths = {m: p for p, m in model.named_modules()}
@@ -189,7 +215,7 @@ def trace(model: nn.Module, sample: Tensor, ruled: Collection[str] = (),
     stack: list[tuple[str, nn.Module]] = []
     calls: dict[nn.Module, int] = {}
     linear_outputs: dict[int, tuple[str, Tensor]] = {}  # id -> (path, output), kept alive: ids stay unique
-    watch = _OpWatch(stack, linear_outputs, opaque, functional_rules)
+    watch = _OpWatch(stack, linear_outputs, opaque, functional_rules, matmul, softmax)
     sample = sample.detach().requires_grad_(True)
 
     def pre(module, args):
@@ -222,8 +248,10 @@ def trace(model: nn.Module, sample: Tensor, ruled: Collection[str] = (),
                                            "(shared weights); use a separate module for each use"))
     for (path, reason), module in watch.refused.items():
         found.problems.append(_problem(path, module if module is not None else model, reason))
-    for path, module, result in watch.softmax_results.values():
-        where = "at the output: strip it (return logits)" if result is output else "inside the model: not supported"
-        found.problems.append(_problem(path, module if module is not None else model,
-                                       f"functional softmax {where}; explanations are taken on logits"))
+    for path, module, result, ruled_softmax in watch.softmax_results.values():
+        if ruled_softmax and result is not output:
+            continue
+        where = "at the output: strip it (return logits); explanations are taken on logits" if result is output \
+            else f"inside the model (attention?): {ATTENTION_ADVICE}"
+        found.problems.append(_problem(path, module if module is not None else model, f"functional softmax {where}"))
     return found

@@ -202,6 +202,48 @@ class GateRule(ProductRule):
         return relevance.sum_to_size(value_shape), None
 
 
+class UniformRule(Rule):
+    """AttnLRP's uniform rule (Achtibat et al. 2024, Eq. 7; LXT 2.1's ``divide_gradient`` on ``torch.matmul``) for
+    an op z = f(a_1, ..., a_n) linear in each of its n activation factors (a matmul of two activations, n = 2; an
+    activation times a constant, F.linear, n = 1): each factor gets an equal share of its Epsilon-rule relevance,
+    the other factors held fixed, R_{a_i} = a_i * J_i^T (R / stab(z)) / n. With n = 1 it is the Epsilon rule of the
+    linear map (R_a = a * J^T (R / stab(z)), a bias absorbing its share), which is what LXT's Gradient x Input gives
+    a weight used functionally (Zennit's rules attach to module calls only). With n = 2 and no bias the relevance
+    is conserved: sum R_a + sum R_b = sum z * R / stab(z).
+    """
+
+    needs_input = True
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = _parameter(self, "epsilon", epsilon)
+
+    def modify_denominator(self, z: Tensor) -> Tensor:
+        return stabilize(z, self.epsilon)
+
+    def split(self, factors: tuple[Tensor, ...], vjps: tuple[Tensor, ...], n: int) -> list[Tensor]:
+        """R_{a_i} from the distinct factors a_i and the vector-Jacobian products J_i^T (R / stab(z)); ``n`` counts
+        the activation arguments (a factor passed twice, ``einsum("ij,kj", a, a)``, is one factor of degree 2)."""
+        return [vjp.mul_(factor).div_(n) if n > 1 else vjp.mul_(factor) for factor, vjp in zip(factors, vjps)]
+
+
+class SoftmaxRule(Rule):
+    """AttnLRP's softmax rule (Achtibat et al. 2024, Prop. 3.1): s = softmax(x) along ``dim``,
+    R_in = x * (R - s * sum(R)), the sum along ``dim``. It is the Gradient x Input of the softmax taken on R / s,
+    which is how LXT 2.1 explains a softmax (``lxt.efficient`` leaves the softmax to autograd). Not conservative:
+    the rest is absorbed as by a bias.
+    """
+
+    def redistribute(self, x: Tensor, s: Tensor, relevance: Tensor, dim: int) -> Tensor:
+        return (s * relevance.sum(dim, keepdim=True)).neg_().add_(relevance).mul_(x)
+
+
+class ConstantRule(Rule):
+    """CP-LRP's treatment of the attention weights (Ali et al. 2022; LXT 2.1's ``stop_gradient`` on query and key in
+    ``cp_multi_head_attention_forward``): the op's output (the softmax of the attention scores) is a constant. No
+    relevance reaches its input; a product with it is a linear map of the other factor (the values), explained
+    with the Epsilon rule (``UniformRule`` with one factor)."""
+
+
 @dataclass
 class LayerOutput:
     """A layer's output z as a backward pass that needs only its positive part sees it.
@@ -588,7 +630,7 @@ class FlatRule(_OnesInputRule):
 
 
 __all__ = [
-    "AlphaBetaRule", "EpsilonRule", "FlatRule", "GammaRule", "GateRule", "LayerNormRule", "LayerOutput", "LinearRule",
-    "NormRule", "PassRule", "ProductRule", "Rule", "WSquareRule", "ZBoxRule", "ZPlusRule", "ZeroRule", "signed_epsilon",
-    "stabilize", "stabilize_",
+    "AlphaBetaRule", "ConstantRule", "EpsilonRule", "FlatRule", "GammaRule", "GateRule", "LayerNormRule", "LayerOutput",
+    "LinearRule", "NormRule", "PassRule", "ProductRule", "Rule", "SoftmaxRule", "UniformRule", "WSquareRule",
+    "ZBoxRule", "ZPlusRule", "ZeroRule", "signed_epsilon", "stabilize", "stabilize_",
 ]
