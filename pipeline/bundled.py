@@ -1,17 +1,20 @@
-"""The bundled default: scikit-learn's handwritten digits (shipped with scikit-learn) and a small VGG-style CNN; and
-a localisation set made from them (each digit at a random place on a larger canvas among distractor strokes, with
-the digit's pixels as ground-truth mask) with a CNN trained on it.
+"""The bundled default: scikit-learn's handwritten digits (shipped with scikit-learn) and a small VGG-style CNN; a
+small Vision Transformer on the same digits; and a localisation set made from them (each digit at a random place on
+a larger canvas among distractor strokes, with the digit's pixels as ground-truth mask) with a CNN trained on it.
 
 Nothing is downloaded: the images come from the scikit-learn package, the trained weights from this folder.
 """
+import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.vision_transformer import VisionTransformer
 
 WEIGHTS = Path(__file__).with_name("digits_cnn.pt")
 IMAGE_SIZE = 32
+VIT_WEIGHTS = Path(__file__).with_name("digits_vit.pt")
 LOCALISATION_WEIGHTS = Path(__file__).with_name("digits_localisation_cnn.pt")
 CANVAS_SIZE = 64
 CLASSES = tuple(str(d) for d in range(10))
@@ -53,8 +56,23 @@ class CanvasDigitsCNN(nn.Sequential):
         )
 
 
+class DigitsViT(VisionTransformer):
+    """torchvision's VisionTransformer, small, on the 1x32x32 digits: 4x4 patches (64 tokens and the class token),
+    3 encoder blocks of width 64 with 4 heads. It is torchvision's class with torchvision's blocks
+    (nn.MultiheadAttention, nn.LayerNorm, GELU), so what works on torchvision ViTs (the attention-aware LRP
+    composites) works on it; only the patch embedding is replaced, as torchvision's takes 3 channels."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__(image_size=IMAGE_SIZE, patch_size=4, num_layers=3, num_heads=4, hidden_dim=64, mlp_dim=128,
+                         num_classes=classes)
+        self.conv_proj = nn.Conv2d(1, self.hidden_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / self.patch_size**2))  # torchvision's init
+        nn.init.zeros_(self.conv_proj.bias)
+
+
 #: model.arch of ``model.kind=bundled`` -> (architecture, weights file)
-BUNDLED_MODELS = {"digits_cnn": (DigitsCNN, WEIGHTS), "digits_localisation_cnn": (CanvasDigitsCNN, LOCALISATION_WEIGHTS)}
+BUNDLED_MODELS = {"digits_cnn": (DigitsCNN, WEIGHTS), "digits_vit": (DigitsViT, VIT_WEIGHTS),
+                  "digits_localisation_cnn": (CanvasDigitsCNN, LOCALISATION_WEIGHTS)}
 
 
 def load_default_model(device: str | torch.device = "cpu", name: str = "digits_cnn") -> nn.Module:

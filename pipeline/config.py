@@ -162,7 +162,7 @@ class BoxCompositeConf:
 class ModelConf:
     name: str = MISSING
     kind: ModelKind = MISSING
-    arch: Optional[str] = None  # torchvision model name, e.g. resnet18; bundled: digits_cnn (null) or digits_localisation_cnn
+    arch: Optional[str] = None  # torchvision name, e.g. resnet18; bundled: digits_cnn (null), digits_vit, digits_localisation_cnn
     weights: Optional[str] = None  # torchvision weights name, used only when torch's cache has the file
     checkpoint: Optional[str] = MISSING  # local state_dict (weights_only=True); each option sets it
     num_classes: Optional[int] = None
