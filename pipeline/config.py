@@ -159,6 +159,17 @@ class BoxCompositeConf:
 
 
 @dataclass
+class AttentionCompositeConf:
+    """CPLRP and AttnLRP (transformers): Gamma on Linear and Conv layers (a gamma of 0: the Epsilon rule there);
+    ``epsilon`` is the Epsilon and uniform (matmul) rules'."""
+
+    name: str = MISSING
+    gamma_linear: float = 0.0
+    gamma_conv: float = 0.25
+    epsilon: float = 1e-6
+
+
+@dataclass
 class ModelConf:
     name: str = MISSING
     kind: ModelKind = MISSING
@@ -246,6 +257,7 @@ def register_configs() -> None:
     cs.store(group="schema/composite", name="none", node=NoCompositeConf)
     cs.store(group="schema/composite", name="composite", node=CompositeConf)
     cs.store(group="schema/composite", name="box_composite", node=BoxCompositeConf)
+    cs.store(group="schema/composite", name="attention_composite", node=AttentionCompositeConf)
     cs.store(group="schema/model", name="model", node=ModelConf)
     cs.store(group="schema/dataset", name="dataset", node=DatasetConf)
     cs.store(group="schema/evaluation", name="evaluation", node=EvaluationConf)

@@ -4,6 +4,7 @@
 ignored (with a warning) and the run is tagged ``composite=none``, so the default composite in
 ``conf/config.yaml`` does not get in the way of ``method=gradient``.
 """
+import math
 import warnings
 from functools import partial
 from typing import Optional
@@ -29,8 +30,12 @@ COMPOSITES = {
     "epsilon_plus_flat": "EpsilonPlusFlat",
     "epsilon_alpha2_beta1": "EpsilonAlpha2Beta1",
     "epsilon_alpha2_beta1_flat": "EpsilonAlpha2Beta1Flat",
+    "cp_lrp": "CPLRP",  # transformers (model=digits_vit)
+    "attn_lrp": "AttnLRP",
 }
 NO_COMPOSITE = "none"
+#: Composite parameters that are rule strengths: a finite number >= 0.
+RULE_STRENGTHS = ("epsilon", "gamma", "gamma_linear", "gamma_conv")
 
 
 def uses_composite(method: str) -> bool:
@@ -128,6 +133,9 @@ def build_composite(composite: DictConfig):
     if name not in COMPOSITES:
         raise ValueError(f"composite={name} is unknown; available: {', '.join(COMPOSITES)}")
     kwargs = {k: v for k, v in OmegaConf.to_container(composite, resolve=True).items() if k != "name"}
+    for key in RULE_STRENGTHS:  # the rules would refuse them too, but without the config key
+        if key in kwargs and not (math.isfinite(kwargs[key]) and kwargs[key] >= 0):
+            raise ValueError(f"composite.{key}={kwargs[key]} must be a finite number >= 0 (composite={name})")
     for bound in ("low", "high"):  # per-channel bounds (a list) become a (1, C, 1, 1) tensor
         if bound in kwargs:
             kwargs[bound] = composite_bound(kwargs[bound], f"composite.{bound}")

@@ -1,7 +1,9 @@
-"""The bundled Vision Transformer (``model=digits_vit``): accurate, a real torchvision ViT, and runnable in the pipeline."""
+"""The bundled Vision Transformer (``model=digits_vit``): accurate, a real torchvision ViT, runnable in the pipeline
+with the gradient methods and the attention-aware LRP composites (``composite=cp_lrp``, ``composite=attn_lrp``)."""
 import numpy as np
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
@@ -9,6 +11,8 @@ from pipeline.bundled import VIT_WEIGHTS, WEIGHTS, DigitsViT, digits_split, load
 from pipeline.identity import checkpoint_sha256, file_sha256
 from pipeline.job import run_job
 from tests.test_pipeline_run import make_cfg
+from xai import LRP
+from xai.composites import AttnLRP, CPLRP
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +56,33 @@ def test_gradient_methods_run_on_the_vit_in_the_pipeline_as_in_the_api(tmp_path,
     x = digits_split("test")[0][:8]
     expected = build(vit)(x).attribution.numpy()
     np.testing.assert_allclose(folder.read_batches()["heatmap_attribution"], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("composite, build", [("cp_lrp", CPLRP), ("attn_lrp", AttnLRP)])
+def test_attention_composites_run_on_the_vit_in_the_pipeline_as_in_the_api(tmp_path, vit, composite, build):
+    folder = run_job(make_cfg(["model=digits_vit", "method=lrp", f"composite={composite}", "composite.gamma_conv=0.5",
+                               "composite.gamma_linear=0.1", "dataset.limit=8", "heatmaps=8", "tracking.publish=false",
+                               "evaluation.features_in_step=128"]), tmp_path / "out")
+    assert folder.manifest["composite"] == composite
+    x = digits_split("test")[0][:8]
+    expected = LRP(vit, composite=build(gamma_linear=0.1, gamma_conv=0.5))(x).attribution.numpy()
+    np.testing.assert_allclose(folder.read_batches()["heatmap_attribution"], expected, rtol=1e-4, atol=1e-7)
+    assert np.abs(expected).sum() > 0
+
+
+@pytest.mark.parametrize("override, key, words", [
+    ("composite.gamma_linear=abc", "composite.gamma_linear", "Float"),
+    ("composite.gamma=0.5", "composite.gamma", "not in 'AttentionCompositeConf'"),  # the box composite's key
+])
+def test_bad_attention_composite_keys_fail_at_composition_naming_the_key(override, key, words):
+    with pytest.raises(ConfigCompositionException) as error:
+        make_cfg(["model=digits_vit", "composite=attn_lrp", override])
+    message = f"{error.value} {error.value.__cause__}"
+    assert key in message and words in message
+
+
+def test_negative_rule_strength_fails_before_any_work_naming_the_key(tmp_path):
+    cfg = make_cfg(["model=digits_vit", "composite=cp_lrp", "composite.gamma_conv=-0.25", "tracking.publish=false"])
+    with pytest.raises(ValueError, match=r"composite\.gamma_conv=-0\.25 must be a finite number >= 0"):
+        run_job(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -30,10 +30,11 @@ def test_every_group_has_its_options():
     for method in ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "lrp"):
         assert f"method={method}" in options
     for composite in ("epsilon_gamma_box", "epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2_beta1",
-                      "epsilon_alpha2_beta1_flat", "none"):
+                      "epsilon_alpha2_beta1_flat", "cp_lrp", "attn_lrp", "none"):
         assert f"composite={composite}" in options
-    assert {"dataset=digits", "dataset=image_folder", "dataset=cifar10", "model=digits_cnn", "model=torchvision",
-            "model=custom", "evaluation=pixel_flipping", "tracking=mlflow", "experiment=quick"} <= options
+    assert {"dataset=digits", "dataset=image_folder", "dataset=cifar10", "model=digits_cnn", "model=digits_vit",
+            "model=torchvision", "model=custom", "evaluation=pixel_flipping", "tracking=mlflow",
+            "experiment=quick"} <= options
 
 
 @pytest.mark.parametrize("option", all_options())

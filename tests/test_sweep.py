@@ -85,17 +85,26 @@ def test_basic_sweep_deferred_publish_lands_under_the_parent(tmp_path):
 
 
 def test_nightly_sweeps_every_method_and_every_lrp_composite_once():
+    """On the CNN every method and the CNN composites; on the ViT (``digits_vit/<pair>``) the attention composites
+    and the rule-free methods that apply to it; each LRP composite once in all."""
     from hydra import compose, initialize_config_dir
 
     from pipeline.config import CONF_DIR, run_name, validate
     from pipeline.explain import COMPOSITES, METHODS, uses_composite
     from pipeline.metrics import SPECS, MetricSuite
 
-    expected = {f"{m}-none" for m in METHODS if not uses_composite(m)} | {f"lrp-{c}" for c in COMPOSITES}
+    rule_free = {f"{m}-none" for m in METHODS if not uses_composite(m)}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         nightly = compose(config_name="config", overrides=["experiment=nightly"], return_hydra_config=True)
         swept = nightly.hydra.sweeper.params.explainer.split(",")
-        assert sorted(swept) == sorted(expected) and len(swept) == len(METHODS) - 1 + len(COMPOSITES)
+        on_vit = [e.removeprefix("digits_vit/") for e in swept if e.startswith("digits_vit/")]
+        on_cnn = [e for e in swept if "/" not in e]
+        assert len(on_cnn) + len(on_vit) == len(swept) == len(set(swept))
+        assert rule_free == {e for e in on_cnn if not e.startswith("lrp-")} and rule_free >= {
+            e for e in on_vit if not e.startswith("lrp-")}
+        composites = [e.removeprefix("lrp-") for e in on_cnn + on_vit if e.startswith("lrp-")]
+        assert sorted(composites) == sorted(COMPOSITES)
+        assert {"lrp-cp_lrp", "lrp-attn_lrp", "gradient-none", "integrated_gradients-none"} <= set(on_vit)
         assert nightly.hydra.mode.name == "MULTIRUN" and nightly.tracking.tags.schedule == "nightly"
         assert set(nightly.evaluation.metrics) == {n for n, spec in SPECS.items() if not spec.needs_mask} - {
             "sparseness", "entropy"}  # all that apply to the digits (complexity is always scored)
@@ -103,4 +112,6 @@ def test_nightly_sweeps_every_method_and_every_lrp_composite_once():
             cfg = compose(config_name="config", overrides=["experiment=nightly", f"explainer={explainer}"])
             validate(cfg)
             MetricSuite(cfg.evaluation, has_masks=False)  # every metric name and parameter is valid
-            assert run_name(cfg.method.name, cfg.composite.name) == explainer  # the pair is what the run is named
+            pair = explainer.removeprefix("digits_vit/")
+            assert run_name(cfg.method.name, cfg.composite.name) == pair  # the pair is what the run is named
+            assert cfg.model.name == ("digits_vit" if pair != explainer else "digits_cnn")
