@@ -106,7 +106,7 @@ def _client(uri: str, tracking_uri: str):
     except TrackingUnavailable as error:
         raise ConnectionError(f"model.uri={uri}: {error}; start the server or point tracking.uri (or "
                               "MLFLOW_TRACKING_URI) at the one that holds the model. Nothing was computed") from None
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)  # the registry: MLFLOW_REGISTRY_URI, else the same server
 
 
 def _registered(client, uri: str, name: str):

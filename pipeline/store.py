@@ -32,22 +32,20 @@ def resolve_tracking_uri(uri: Optional[str] = None) -> str:
 
 @contextmanager
 def fluent_uri(uri: str) -> Iterator[None]:
-    """MLflow's fluent API (``mlflow.search_runs``, ``mlflow.pytorch.load_model``) pointed at ``uri`` (tracking and
-    registry) meanwhile. It reads process-wide URIs, and setting one also exports ``MLFLOW_TRACKING_URI`` to every
-    subprocess started later; afterwards both URIs and the environment are as they were."""
+    """MLflow's fluent API (``mlflow.search_runs``, ``mlflow.pytorch.load_model``) pointed at ``uri`` meanwhile (its
+    registry too, unless ``MLFLOW_REGISTRY_URI`` names another). The fluent API reads a process-wide URI, and setting
+    it also exports ``MLFLOW_TRACKING_URI`` to every subprocess started later; afterwards both are as they were."""
     import mlflow
 
-    saved_env, saved_registry = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_registry_uri()
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(saved_registry if saved_registry != uri else None)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-        if saved_env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def sqlite_path(uri: str) -> Optional[Path]:

@@ -6,7 +6,6 @@ layers re-drawn at random). The pt2 graph is rebuilt as the original modules (``
 it computes what a run on the bundled model computes: the metrics are compared for equality.
 """
 import json
-import os
 import warnings
 
 import mlflow
@@ -21,6 +20,7 @@ from pipeline.gate import Comparison, compare, main as gate
 from pipeline.identity import changes, input_identity
 from pipeline.job import run_job
 from pipeline.registry import load, resolve
+from pipeline.store import fluent_uri
 
 from conftest import compose_config, free_port
 
@@ -39,13 +39,11 @@ def degraded(model: torch.nn.Module) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def registry(server):
     """Versions 1 (pt2), 2 (pickle) and 3 (degraded, pt2) of ``digits``, champion -> 1, challenger -> 3; and a
-    scikit-learn model ``tabular``. Yields the versions' logged model ids."""
+    scikit-learn model ``tabular``. Returns the versions' logged model ids."""
     from sklearn.linear_model import LogisticRegression
 
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(server)
     example = digits_split("test")[0][:4].numpy()
-    try:
+    with fluent_uri(server):
         mlflow.set_experiment("models")
         with mlflow.start_run(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -58,14 +56,10 @@ def registry(server):
                                             input_example=example, registered_model_name=NAME, **fast).model_id]
             mlflow.sklearn.log_model(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), name="tabular",
                                      registered_model_name="tabular", pip_requirements=["scikit-learn"])
-        client = MlflowClient(server)
-        client.set_registered_model_alias(NAME, "champion", "1")
-        client.set_registered_model_alias(NAME, "challenger", "3")
-        yield ids
-    finally:
-        mlflow.set_tracking_uri(None)
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
+    client = MlflowClient(server)
+    client.set_registered_model_alias(NAME, "champion", "1")
+    client.set_registered_model_alias(NAME, "challenger", "3")
+    return ids
 
 
 def results(folder) -> dict[str, float]:
@@ -98,8 +92,6 @@ def test_registered_models_in_both_formats_give_the_bundled_models_results_and_a
 
 def test_the_xai_evaluator_on_a_registered_model_gives_the_pipelines_metrics(server, registry, tmp_path):
     """``mlflow.models.evaluate(models:/digits/1, evaluators=["xai"])`` against the server, beside ``model=mlflow``."""
-    from pipeline.store import fluent_uri
-
     folder = run_job(compose_config([*RUN, f"tracking.uri={server}", "tracking.publish=false", "model=mlflow",
                                      f"model.uri=models:/{NAME}/1"]), tmp_path / "run")
     images, labels = (t[:8].numpy() for t in digits_split("test"))
