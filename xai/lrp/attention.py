@@ -25,6 +25,12 @@ def _additive(mask: Tensor, dtype: torch.dtype, allowed_where_true: bool) -> Ten
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(blocked, torch.finfo(dtype).min)
 
 
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F.linear as one matrix product: on a non-contiguous x (the sequence-first view nn.MultiheadAttention passes)
+    torch would run a batched product with the weight expanded over the batch, several times slower."""
+    return F.linear(x.reshape(-1, x.shape[-1]), weight, bias).reshape(x.shape[:-1] + (weight.shape[0],))
+
+
 def _attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, dropout_p: float,
                scale: float | None) -> tuple[Tensor, Tensor]:
     """softmax(query key^T * scale + mask) value, and the attention weights; ``mask`` additive."""
@@ -71,9 +77,9 @@ def multi_head_attention_forward(
         weights = in_proj_weight.chunk(3)
     biases = (None, None, None) if in_proj_bias is None else in_proj_bias.chunk(3)
     if query is key and key is value and not use_separate_proj_weight:  # self-attention: one packed projection
-        q, k, v = F.linear(query, in_proj_weight, in_proj_bias).chunk(3, dim=-1)
+        q, k, v = _linear(query, in_proj_weight, in_proj_bias).chunk(3, dim=-1)
     else:
-        q, k, v = (F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
+        q, k, v = (_linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
     q, k, v = (t.reshape(t.shape[0], batch, num_heads, head_dim).permute(1, 2, 0, 3) for t in (q, k, v))
     mask = None
     if attn_mask is not None:
@@ -85,7 +91,7 @@ def multi_head_attention_forward(
         padding = _additive(key_padding_mask, q.dtype, allowed_where_true=False).reshape(batch, 1, 1, -1)
         mask = padding if mask is None else mask + padding
     output, attention = _attention(q, k, v, mask, dropout_p if training else 0.0, None)
-    output = F.linear(output.permute(2, 0, 1, 3).reshape(tgt_len, batch, embed_dim), out_proj_weight, out_proj_bias)
+    output = _linear(output.permute(2, 0, 1, 3).reshape(tgt_len, batch, embed_dim), out_proj_weight, out_proj_bias)
     if unbatched:
         output = output.squeeze(1)
     if not need_weights:

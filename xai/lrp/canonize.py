@@ -143,8 +143,8 @@ class AffineLayer:
 
     def transpose(self, g: Tensor, weight: Tensor, x: Tensor) -> Tensor:
         """W^T g: the vector-Jacobian product with respect to an input shaped like ``x``, without autograd."""
-        if not self.is_conv:
-            return g @ weight
+        if not self.is_conv:  # as one matrix product: a batched one for a non-contiguous g would expand the weight
+            return (g.reshape(-1, g.shape[-1]) @ weight).reshape(g.shape[:-1] + (weight.shape[1],))
         m = self.module
         dims = len(m.kernel_size)
         read = x if self._subsample is None else x[self._subsample]

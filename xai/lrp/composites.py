@@ -270,7 +270,7 @@ class CPLRP(_AttentionComposite):
     relevance flows through the values and their projections only (``ConstantRule`` on the softmax). LayerNorm with
     its std held fixed, the identity rule on GELU and other element-wise activations, Gamma on Linear/Conv."""
 
-    def __init__(self, gamma_linear: float = 0.05, gamma_conv: float = 0.25, epsilon: float = 1e-6,
+    def __init__(self, gamma_linear: float = 0.0, gamma_conv: float = 0.25, epsilon: float = 1e-6,
                  stabilizer: float = 1e-6):
         super().__init__(gamma_linear, gamma_conv, epsilon, stabilizer, name="CPLRP")
         self._softmax_rule = ConstantRule()
@@ -285,7 +285,7 @@ class AttnLRP(_AttentionComposite):
     Transformers"; LXT 2.1): the uniform rule on query @ key^T and weights @ values (half the relevance to each
     factor), the softmax rule on the attention scores; otherwise as ``CPLRP``."""
 
-    def __init__(self, gamma_linear: float = 0.05, gamma_conv: float = 0.25, epsilon: float = 1e-6,
+    def __init__(self, gamma_linear: float = 0.0, gamma_conv: float = 0.25, epsilon: float = 1e-6,
                  stabilizer: float = 1e-6):
         super().__init__(gamma_linear, gamma_conv, epsilon, stabilizer, name="AttnLRP")
         self._softmax_rule = SoftmaxRule()
