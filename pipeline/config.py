@@ -6,6 +6,7 @@ wrong type or an unknown key fails at composition, before any work, with the key
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -15,6 +16,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: conf/config.yaml's search path for tuned composites (outputs/conf): most folders have none, which is no news.
+warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=outputs/conf is not available")
 
 #: Config sections that say where results go, not what they are: left out of the run's identity.
 NOT_IN_IDENTITY = ("hydra", "tracking", "output_root")

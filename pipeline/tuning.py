@@ -36,6 +36,8 @@ OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweepe
 PREFIX = "composite."
 BEST = "best/"
 ARTIFACT_DIR = "tuned"
+#: Where conf/config.yaml's hydra.searchpath looks (relative to the working folder): <default output_root>/conf.
+DEFAULT_CONF_DIR = "outputs/conf"
 
 
 def schema_of(composite: DictConfig) -> str:
@@ -98,7 +100,9 @@ class TunedComposite(Callback):
         results = OmegaConf.to_container(OmegaConf.load(results_file))
         best_params, best_value = results["best_params"], float(results["best_value"])
         parent = self._parent_run(sweep_dir)
-        use = f"python -m pipeline.run 'hydra.searchpath=[file://{self.conf_dir}]' composite=tuned/{self.name}"
+        found_by_default = self.conf_dir == (Path.cwd() / DEFAULT_CONF_DIR).resolve()  # conf/config.yaml's searchpath
+        searchpath = "" if found_by_default else f"'hydra.searchpath=[file://{self.conf_dir}]' "
+        use = f"python -m pipeline.run {searchpath}composite=tuned/{self.name}"
         header = (f"Written by pipeline.tuning (experiment=tune_lrp): the best {PREFIX}* of "
                   f"{config.hydra.sweeper.n_trials} optuna trials,\n{OBJECTIVE} = {best_value:.4f} on "
                   f"model={config.model.name} dataset={config.dataset.name} split={config.dataset.split} "

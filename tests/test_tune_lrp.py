@@ -103,6 +103,18 @@ def test_the_tuned_composite_loads_and_reproduces_the_best_trial(tuned):
     assert read_json(metrics)["faithfulness/srg"] == pytest.approx(best.data.metrics["faithfulness/srg"], abs=1e-6)
 
 
+def test_from_the_folder_of_the_default_output_root_the_file_loads_by_name_alone(tuned, tmp_path, monkeypatch):
+    """conf/config.yaml searches outputs/conf (of the working folder): where output_root is the default."""
+    written = tuned["root"] / "out" / "conf" / "composite" / "tuned" / f"{NAME}.yaml"
+    target = tmp_path / "outputs" / "conf" / "composite" / "tuned"
+    target.mkdir(parents=True)
+    (target / written.name).write_text(written.read_text())
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"composite=tuned/{NAME}"])
+    assert cfg.composite.gamma == float(tuned["parents"][0].data.params["best/composite.gamma"])
+
+
 def test_the_callback_refuses_a_sweep_that_cannot_become_a_composite_file_before_any_trial(capsys):
     callback = TunedComposite(conf_dir="conf", name=NAME)
     optuna = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
