@@ -35,6 +35,7 @@ from pipeline.report import summarize
 from pipeline.results import RunFolder
 from pipeline.store import TrackingUnavailable, resolve_tracking_uri
 from pipeline.tracking import publish, publish_command, run_url
+from xai.errors import UnsupportedModelError
 from xai.model_guard import model_device
 from xai.validation import check_model_input
 
@@ -103,7 +104,13 @@ def _explain_and_score_batch(model, batch, cfg, faithfulness, suite, seed: int, 
     analyzer = lambda m: build_analyzer(m, cfg.method, cfg.composite, seed=seed, background=background,  # noqa: E731
                                         patterns=patterns)
     start = perf_counter()
-    explanation = analyzer(model)(x, target)
+    try:
+        explanation = analyzer(model)(x, target)
+    except UnsupportedModelError as error:  # the first batch, before any result is written
+        raise ValueError(f"{error}\nIn the pipeline: method={cfg.method.name} composite={cfg.composite.name} "
+                         f"cannot explain model={cfg.model.name}; choose another composite (a transformer: "
+                         "composite=attn_lrp or composite=cp_lrp) or method (method=gradient, "
+                         "method=integrated_gradients)") from error
     explained = perf_counter()
     scores = faithfulness(model, x, explanation.attribution, explanation.target, seed=seed)
     mask = batch.masks.to(device) if batch.masks is not None else None

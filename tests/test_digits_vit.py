@@ -10,6 +10,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from pipeline.bundled import VIT_WEIGHTS, WEIGHTS, DigitsViT, digits_split, load_default_model
 from pipeline.identity import checkpoint_sha256, file_sha256
 from pipeline.job import run_job
+from pipeline.results import RunFolder
 from tests.test_pipeline_run import make_cfg
 from xai import LRP
 from xai.composites import AttnLRP, CPLRP
@@ -86,3 +87,12 @@ def test_negative_rule_strength_fails_before_any_work_naming_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"composite\.gamma_conv=-0\.25 must be a finite number >= 0"):
         run_job(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cnn_composite_on_the_vit_is_refused_naming_the_pipeline_options_and_writes_no_batch(tmp_path):
+    cfg = make_cfg(["model=digits_vit", "method=lrp", "composite=epsilon_gamma_box", "dataset.limit=4",
+                    "tracking.publish=false"])
+    with pytest.raises(ValueError, match=r"MultiheadAttention x3[\s\S]*composite=attn_lrp or composite=cp_lrp"):
+        run_job(cfg, tmp_path / "out")
+    folder = RunFolder(tmp_path / "out")
+    assert folder.manifest_file.exists() and not folder.finished_batches() and not folder.is_complete
