@@ -92,17 +92,21 @@ def check_deeplift_model(model: nn.Module) -> None:
 
 class _Rescale(torch.autograd.Function):
     """Forward: ``y`` unchanged. Backward: grad * multiplier to the module's input ``x``, and grad * passthrough
-    into ``y``'s own graph (the module's true local gradient, used where |x - x0| < EPSILON; None: nowhere)."""
+    into ``y``'s own graph (the module's true local gradient, used where |x - x0| < EPSILON; None: nowhere).
+
+    ``y`` also comes in a list, detached: returned from a tensor argument it would be copied (or become a view, which
+    autograd does not let a following in-place op modify); the detached one is the same memory.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, multiplier: Tensor, passthrough: Tensor | None) -> Tensor:
+    def forward(ctx, x: Tensor, y: Tensor, boxed_y: list, multiplier: Tensor, passthrough: Tensor | None) -> Tensor:
         ctx.save_for_backward(multiplier, passthrough)
-        return y.clone()
+        return boxed_y.pop()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         multiplier, passthrough = ctx.saved_tensors
-        return grad * multiplier, None if passthrough is None else grad * passthrough, None, None
+        return grad * multiplier, None if passthrough is None else grad * passthrough, None, None, None
 
 
 def scatter_sum(values: Tensor, indices: Tensor, like: Tensor) -> Tensor:
@@ -195,12 +199,12 @@ class _RescaleHooks:
             self.recorded.setdefault(id(module), []).append((x, output.clone()))
             return None
         x0, y0 = self._baseline_call(module)
-        with torch.no_grad():
+        with torch.no_grad():  # (y - y0) / (x - x0), 0 where |x - x0| < EPSILON: in place, few passes
             delta_in = x - x0
             near = delta_in.abs() < EPSILON
-            multiplier = torch.where(near, 0.0, (output - y0) / torch.where(near, 1.0, delta_in))
+            multiplier = (output - y0).div_(delta_in.masked_fill_(near, 1.0)).masked_fill_(near, 0.0)
             passthrough = near.to(multiplier.dtype) if near.any() else None
-        return _Rescale.apply(x, output, multiplier, passthrough)
+        return _Rescale.apply(x, output, [output.detach()], multiplier, passthrough)
 
     def _maxpool(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
         pool, unpool = MAXPOOL_UNPOOL[type(module)]
