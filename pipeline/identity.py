@@ -13,11 +13,14 @@ import subprocess
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import ModelKind
+
+if TYPE_CHECKING:
+    from pipeline.registry import MlflowModel
 
 REPO = Path(__file__).resolve().parent.parent
 #: The folders whose code computes results: a change to them (committed or not) is a new code version.
@@ -117,14 +120,14 @@ def _folder_digest(root: Path) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:32]
 
 
-def input_identity(cfg: DictConfig) -> dict[str, str]:
+def input_identity(cfg: DictConfig, registered: "MlflowModel | None" = None) -> dict[str, str]:
     """The parts of a run's identity that are not its config (for a model from MLflow: the version its URI names
-    now, asked from the server)."""
+    now, ``registered`` when the caller resolved it already, else asked from the server)."""
     if cfg.model.kind == ModelKind.mlflow:
         from pipeline.registry import resolve
         from pipeline.store import resolve_tracking_uri
 
-        model = resolve(cfg.model.uri, resolve_tracking_uri(cfg.tracking.uri))
+        model = registered or resolve(cfg.model.uri, resolve_tracking_uri(cfg.tracking.uri))
         weights = {"model_version": f"{model.fixed_uri} {model.model_id or ''}".strip()}
     else:
         weights = {"checkpoint_sha256": checkpoint_sha256(cfg.model)}

@@ -167,7 +167,7 @@ def manifest_for(
         "batches": batches,
         "heatmap_ids": heatmap_ids,
         "git_commit": code_version().split("+")[0],
-        "inputs": input_identity(cfg),
+        "inputs": input_identity(cfg, registered),  # the version resolved once, the one that is loaded
         **({"registry": registered.tags(), "model_id": registered.model_id} if registered else {}),
     }
 
