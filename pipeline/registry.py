@@ -55,6 +55,8 @@ def resolve(uri: Optional[str], tracking_uri: str) -> MlflowModel:
     none (naming what exists), and a ``ConnectionError`` when the server does not answer."""
     if not uri:
         raise ValueError(f"model=mlflow needs model.uri={URI_FORMS}")
+    if not any(pattern.fullmatch(uri) for pattern in (_ALIAS, _VERSION, _RUN)):  # before asking the server
+        raise ValueError(f"model.uri={uri} is not a model URI: use {URI_FORMS}")
     from mlflow.exceptions import MlflowException
 
     client = _client(uri, tracking_uri)
@@ -63,12 +65,11 @@ def resolve(uri: Optional[str], tracking_uri: str) -> MlflowModel:
             return _of_version(uri, tracking_uri, *_by_alias(client, uri, match["name"], match["alias"]))
         if match := _VERSION.fullmatch(uri):
             return _of_version(uri, tracking_uri, _by_version(client, uri, match["name"], match["version"]), None)
-        if match := _RUN.fullmatch(uri):
-            run = _run(client, uri, match["run_id"])
-            return MlflowModel(uri, uri, tracking_uri, run_id=run.info.run_id)
+        match = _RUN.fullmatch(uri)
+        run = _run(client, uri, match["run_id"])
+        return MlflowModel(uri, uri, tracking_uri, run_id=run.info.run_id)
     except MlflowException as error:  # anything else the server refuses
         raise ValueError(f"model.uri={uri}: {error.message}") from error
-    raise ValueError(f"model.uri={uri} is not a model URI: use {URI_FORMS}")
 
 
 def load(model: MlflowModel) -> nn.Module:
