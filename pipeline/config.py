@@ -332,8 +332,9 @@ def _mlflow_model_label(uri: Optional[str]) -> str:
 
 
 for _name, _resolver in (
-    ("config_hash", _config_hash_resolver), ("mlflow_model_label", _mlflow_model_label), ("run_identity", _run_identity_resolver), ("run_name", run_name),
-    ("shard_subdir", shard_subdir), ("path_part", _path_part_resolver),
+    ("config_hash", _config_hash_resolver), ("mlflow_model_label", _mlflow_model_label),
+    ("run_identity", _run_identity_resolver), ("run_name", run_name), ("shard_subdir", shard_subdir),
+    ("path_part", _path_part_resolver),
 ):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
