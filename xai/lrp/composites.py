@@ -246,11 +246,12 @@ class EpsilonAlpha2Beta1Flat(Composite):
 
 class _AttentionComposite(Composite):
     """Gamma on Linear and Conv layers (as LXT 2.1's ViT example, with Zennit's Gamma; a gamma of 0: the Epsilon
-    rule), the uniform rule on matmuls and on weights used functionally (``UniformRule``); the softmax rule is the
-    subclass's. ``epsilon``: the Epsilon and uniform rules'; ``stabilizer``: the Gamma rule's, and that of LayerNorm
-    and of residual sums."""
+    rule), the uniform rule on matmuls and on weights used functionally (``UniformRule``) and the subclass's rule on
+    the attention's softmax. ``epsilon``: the Epsilon and uniform rules'; ``stabilizer``: the Gamma rule's, and that
+    of LayerNorm and of residual sums."""
 
-    def __init__(self, gamma_linear: float, gamma_conv: float, epsilon: float, stabilizer: float, name: str):
+    def __init__(self, gamma_linear: float, gamma_conv: float, epsilon: float, stabilizer: float, name: str,
+                 softmax_rule: Rule):
         def rule(gamma, what):
             gamma = finite_number(gamma, f"{name}'s {what}", minimum=0)
             return GammaRule(gamma, stabilizer) if gamma else EpsilonRule(epsilon)
@@ -258,10 +259,15 @@ class _AttentionComposite(Composite):
         super().__init__(ByType(CONV_TYPES, rule(gamma_conv, "gamma_conv")),
                          ByType(nn.Linear, rule(gamma_linear, "gamma_linear")), name=name, stabilizer=stabilizer)
         self._matmul_rule = UniformRule(epsilon)
+        self._softmax_rule = softmax_rule
 
     @property
     def matmul_rule(self) -> UniformRule:
         return self._matmul_rule
+
+    @property
+    def softmax_rule(self) -> Rule:
+        return self._softmax_rule
 
 
 class CPLRP(_AttentionComposite):
@@ -272,12 +278,7 @@ class CPLRP(_AttentionComposite):
 
     def __init__(self, gamma_linear: float = 0.0, gamma_conv: float = 0.25, epsilon: float = 1e-6,
                  stabilizer: float = 1e-6):
-        super().__init__(gamma_linear, gamma_conv, epsilon, stabilizer, name="CPLRP")
-        self._softmax_rule = ConstantRule()
-
-    @property
-    def softmax_rule(self) -> ConstantRule:
-        return self._softmax_rule
+        super().__init__(gamma_linear, gamma_conv, epsilon, stabilizer, name="CPLRP", softmax_rule=ConstantRule())
 
 
 class AttnLRP(_AttentionComposite):
@@ -287,12 +288,7 @@ class AttnLRP(_AttentionComposite):
 
     def __init__(self, gamma_linear: float = 0.0, gamma_conv: float = 0.25, epsilon: float = 1e-6,
                  stabilizer: float = 1e-6):
-        super().__init__(gamma_linear, gamma_conv, epsilon, stabilizer, name="AttnLRP")
-        self._softmax_rule = SoftmaxRule()
-
-    @property
-    def softmax_rule(self) -> SoftmaxRule:
-        return self._softmax_rule
+        super().__init__(gamma_linear, gamma_conv, epsilon, stabilizer, name="AttnLRP", softmax_rule=SoftmaxRule())
 
 
 def default_composite() -> Composite:
