@@ -173,6 +173,39 @@ def test_deeplift_does_not_depend_on_batch_size_or_batch(digits_model_f64, digit
     assert torch.allclose(whole.output, digits_model_f64(x).detach(), rtol=1e-12, atol=0)
 
 
+def count_forwards(model):
+    calls = []
+    model.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
+    return calls
+
+
+def test_reused_analyzer_runs_the_baseline_once_until_the_model_changes(digits_model_f64, digits_batch):
+    model = copy.deepcopy(digits_model_f64)
+    x = digits_batch[0][:6].double()
+    calls = count_forwards(model)
+    analyzer = DeepLIFT(model, baseline=0.1, batch_size=4)
+    first = analyzer(x, target=2).attribution
+    assert calls == [1, 4, 2]  # the shared baseline once, then both chunks of samples
+    again = analyzer(x, target=2).attribution
+    assert calls[3:] == [4, 2] and torch.equal(again, first)
+    with torch.no_grad():  # an in-place change of the weights (an optimiser step, load_state_dict) is seen
+        next(model.parameters()).mul_(1.5)
+    changed = analyzer(x, target=2).attribution
+    assert calls[5:] == [1, 4, 2]
+    assert torch.equal(changed, DeepLIFT(model, baseline=0.1, batch_size=4)(x, target=2).attribution)
+    assert not torch.allclose(changed, first)
+
+
+def test_reused_shap_analyzer_runs_its_baselines_once(digits_model_f64, digits_batch):
+    model = copy.deepcopy(digits_model_f64)
+    x, baselines = digits_batch[0][:3].double(), digits_batch[0][3:5].double()
+    calls = count_forwards(model)
+    analyzer = DeepLIFTShap(model, baselines, batch_size=4)  # chunks of 4 pairs: both baselines in each
+    first = analyzer(x, target=1).attribution
+    assert calls == [2, 4, 2]
+    assert torch.equal(analyzer(x, target=1).attribution, first) and calls[3:] == [4, 2]
+
+
 # --- DeepLIFTShap -------------------------------------------------------------------------------------------
 
 
@@ -283,7 +316,8 @@ def hook_count(model):
 
 
 def model_state(model):
-    return ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()], hook_count(model))
+    flags = [(m.training, getattr(m, "inplace", None), getattr(m, "return_indices", None)) for m in model.modules()]
+    return flags, [p.requires_grad for p in model.parameters()], hook_count(model)
 
 
 def test_unsupported_modules_are_named_before_any_computation():
@@ -299,6 +333,8 @@ def test_unsupported_modules_are_named_before_any_computation():
 def test_model_untouched_after_success_and_after_an_error(digits_model, digits_batch):
     model = copy.deepcopy(digits_model).train()
     model[0][0].weight.requires_grad_(False)
+    relu = next(m for m in model.modules() if isinstance(m, nn.ReLU))
+    relu.inplace = True  # run out of place while hooked, in place again after
     before = model_state(model)
     DeepLIFT(model)(digits_batch[0][:2])
     assert model_state(model) == before

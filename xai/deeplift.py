@@ -22,8 +22,11 @@ How: per chunk of samples, a forward pass of the distinct baselines they use, wi
 such as zeros, is one image), records the input and output of every activation and MaxPool call; the forward pass
 of the samples then wraps each such call's output in an autograd function whose backward applies the multiplier
 against the recorded baseline call, and one backward pass seeded at the target logit gives m. The cost is a
-gradient's plus a forward pass of the baselines. A module called several times (torchvision's BasicBlock uses one
-ReLU twice) is handled per call.
+gradient's plus a forward pass of the baselines, and the analyzer keeps that pass's record for its next chunk or
+call while the baselines and the model's parameters and buffers (their storage and in-place version counters) are
+the same: explaining batch after batch against one baseline costs a gradient each. Weights changed through
+``.data`` bypass the version counters: make a new analyzer then. A module called several times (torchvision's
+BasicBlock uses one ReLU twice) is handled per call.
 
 Captum 0.9's DeepLift has three bugs that this avoids (the equality tests give Captum an equivalent model and
 one sample per call, which sidesteps them): (1) it fails on a module used more than once; (2) when two hooked
@@ -38,6 +41,8 @@ Not handled: non-linearities applied as functions in a ``forward`` (``F.relu``, 
 ``nn`` modules for them. Modules that are neither linear nor element-wise (softmax, normalisations by the
 sample's own statistics, attention, recurrent layers, adaptive max pooling) raise ``UnsupportedModelError``.
 """
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -129,95 +134,155 @@ class _MaxPoolRescale(torch.autograd.Function):
         x, y, indices, x0, y0, indices0 = ctx.saved_tensors
         delta_in = x - x0
         y_max = torch.maximum(y, y0)
+        indices0 = indices0.expand_as(indices)  # a shared baseline's record is a batch of one
 
         def unpool(values: Tensor, where: Tensor) -> Tensor:
             if ctx.unpool is None:
                 return scatter_sum(values, where, delta_in)
             pool = ctx.pool
-            return ctx.unpool(values, where, pool.kernel_size, pool.stride, pool.padding, list(x.shape[2:]))
+            return ctx.unpool(values, where.contiguous(), pool.kernel_size, pool.stride, pool.padding,
+                              list(x.shape[2:]))
 
-        shares = unpool(grad * (y_max - y0), indices) + unpool(grad * (y - y_max), indices0)
-        gradient = scatter_sum(grad, indices, delta_in)  # MaxPool's own backward
-        rescaled = torch.where(delta_in.abs() < EPSILON, gradient, shares / delta_in)
+        rescaled = (unpool(grad * (y_max - y0), indices) + unpool(grad * (y - y_max), indices0)).div_(delta_in)
+        near = nearly_equal(delta_in)  # delta_in is only a shape below
+        if near is not None:  # MaxPool's own backward there
+            rescaled = torch.where(near, scatter_sum(grad, indices, delta_in), rescaled)
         return rescaled, None, None, None, None, None, None, None
+
+
+def nearly_equal(delta: Tensor) -> Tensor | None:
+    """Where |delta| < EPSILON (the plain gradient's places), or None if nowhere: one reduction in the common case,
+    no boolean tensor (bool masks cost several float passes on the CPU). Leaves |delta| in ``delta``."""
+    distance = delta.abs_()
+    if distance.numel() == 0 or distance.amin() >= EPSILON:
+        return None
+    return distance < EPSILON
+
+
+def model_state(model: nn.Module) -> tuple:
+    """What a recorded forward pass of the model depends on: each parameter's and buffer's storage and in-place
+    version (an optimiser step or ``load_state_dict`` changes it) and each module's identity."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return tuple((t.data_ptr(), t._version) for t in tensors), tuple(map(id, model.modules()))
+
+
+class BaselinePass:
+    """The hooked calls of the last baselines' gradient-free forward pass, reused by the next chunk or call while the
+    baselines and the model are the same: an analyzer explaining batch after batch against one baseline runs it once.
+    Holds the baselines' activations (for a shared baseline, one image's) until the analyzer is dropped."""
+
+    def __init__(self):
+        self.key, self.baselines, self.calls = None, None, None
+
+    def lookup(self, model: nn.Module, baselines: Tensor) -> dict | None:
+        key = (model_state(model), baselines.shape, baselines.dtype, baselines.device)
+        if key == self.key and torch.equal(baselines, self.baselines):
+            return self.calls
+        self.key, self.baselines, self.calls = key, baselines.clone(), None
+        return None
+
+    def store(self, calls: dict) -> None:
+        self.calls = calls
 
 
 class _RescaleHooks:
     """Forward (pre-)hooks on every activation and MaxPool of a model, in two passes per chunk of samples.
 
     ``record(baselines)``: a forward pass of the distinct baselines without gradients, keeping each hooked call's
-    input and output (a module called several times, as torchvision's BasicBlock's ReLU, per call). ``rescale
-    (which)``: in the forward pass of the samples, each hooked call's output gets the Rescale backward against the
-    recorded call of baseline ``which[i]`` for sample i. The baseline's half of the batch is never differentiated,
-    and a shared baseline (zeros, a number) goes through the model once, as a batch of one.
+    input and output (a module called several times, as torchvision's BasicBlock's ReLU, per call), or the record
+    of the same pass kept in ``BaselinePass``. ``rescale(which)``: in the forward pass of the samples, each hooked
+    call's output gets the Rescale backward against the recorded call of baseline ``which[i]`` for sample i (a
+    shared baseline's record, a batch of one, broadcasts). The baselines are never differentiated.
+
+    While hooked, in-place activations run out of place (their input stays intact for the rule, without a copy)
+    and MaxPools return their indices (no second pooling to find them); ``remove`` restores both.
     """
 
     def __init__(self, model: nn.Module, sum_overlaps: bool):
         self.sum_overlaps = sum_overlaps
-        self.handles = []
+        self.handles, self.restore = [], []
         self.inputs: dict[int, Tensor] = {}
         self.recorded: dict[int, list[tuple[Tensor, ...]]] = {}
-        self.which: Tensor | None = None  # None: recording
+        self.used: dict[int, int] = {}  # recorded calls of each module used so far in this pass of the samples
+        self.recording = True
+        self.which: Tensor | None = None  # None: one shared baseline, whose record broadcasts
         for module in model.modules():
             if isinstance(module, ELEMENTWISE_TYPES):
+                self._set(module, "inplace", False)
                 self.handles.append(module.register_forward_pre_hook(self._keep_input))
                 self.handles.append(module.register_forward_hook(self._elementwise))
             elif type(module) in MAXPOOL_UNPOOL:
+                self._set(module, "return_indices", True)
                 self.handles.append(module.register_forward_hook(self._maxpool))
+
+    def _set(self, module: nn.Module, attribute: str, value: bool) -> None:
+        if getattr(module, attribute, value) != value:
+            self.restore.append((module, attribute, getattr(module, attribute)))
+            setattr(module, attribute, value)
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        for module, attribute, value in self.restore:
+            setattr(module, attribute, value)
 
-    def record(self, model: nn.Module, baselines: Tensor) -> None:
-        self.recorded, self.which = {}, None
-        with torch.no_grad():
-            run_model(model, baselines)
+    def record(self, model: nn.Module, baselines: Tensor, kept: BaselinePass) -> None:
+        self.recorded = kept.lookup(model, baselines)
+        if self.recorded is None:
+            self.recorded, self.recording = {}, True
+            with torch.no_grad():
+                run_model(model, baselines)
+            kept.store(self.recorded)
+        self.shared = baselines.shape[0] == 1
 
     def rescale(self, which: Tensor) -> None:
-        self.which = which
+        self.used, self.recording = {}, False
+        self.which = None if self.shared else which
 
     def check_all_used(self) -> None:
-        if any(self.recorded.values()):
+        if any(self.used.get(key, 0) != len(calls) for key, calls in self.recorded.items()):
             raise RuntimeError("the model called its activations differently for the baselines than for the "
                                "samples (control flow that depends on the input): DeepLIFT needs one graph for both")
 
     def _keep_input(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        # an in-place activation overwrites its input: keep a copy (still in the graph) of the values before
-        self.inputs[id(module)] = inputs[0].clone() if getattr(module, "inplace", False) else inputs[0]
+        self.inputs[id(module)] = inputs[0]
 
     def _baseline_call(self, module: nn.Module) -> tuple[Tensor, ...]:
-        calls = self.recorded.get(id(module))
-        if not calls:
+        calls = self.recorded.get(id(module), [])
+        index = self.used.get(id(module), 0)
+        if index == len(calls):
             raise RuntimeError(f"{type(module).__name__} ran for the samples but not for the baselines: DeepLIFT "
                                "needs the same graph for both")
-        return tuple(t.index_select(0, self.which) for t in calls.pop(0))
+        self.used[id(module)] = index + 1
+        if self.which is None:
+            return calls[index]
+        return tuple(t.index_select(0, self.which) for t in calls[index])
 
     def _elementwise(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
         x = self.inputs.pop(id(module))
-        if self.which is None:
+        if self.recording:
             self.recorded.setdefault(id(module), []).append((x, output.clone()))
             return None
         x0, y0 = self._baseline_call(module)
-        with torch.no_grad():  # (y - y0) / (x - x0), 0 where |x - x0| < EPSILON: in place, few passes
+        with torch.no_grad():  # (y - y0) / (x - x0), 0 where |x - x0| < EPSILON: few passes, in place
             delta_in = x - x0
-            near = delta_in.abs() < EPSILON
-            multiplier = (output - y0).div_(delta_in.masked_fill_(near, 1.0)).masked_fill_(near, 0.0)
-            passthrough = near.to(multiplier.dtype) if near.any() else None
+            multiplier = torch.sub(output, y0).div_(delta_in)
+            near = nearly_equal(delta_in)
+            passthrough = None
+            if near is not None:
+                multiplier.masked_fill_(near, 0.0)
+                passthrough = near.to(multiplier.dtype)
         return _Rescale.apply(x, output, [output.detach()], multiplier, passthrough)
 
-    def _maxpool(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
-        pool, unpool = MAXPOOL_UNPOOL[type(module)]
+    def _maxpool(self, module: nn.Module, inputs: tuple[Tensor, ...], output: tuple[Tensor, Tensor]) -> Tensor:
+        y, indices = output
         x = inputs[0]
-        with torch.no_grad():
-            _, indices = pool(x, module.kernel_size, module.stride, module.padding, module.dilation,
-                              module.ceil_mode, True)
-        if self.which is None:
-            self.recorded.setdefault(id(module), []).append((x, output.clone(), indices))
-            return None
+        if self.recording:
+            self.recorded.setdefault(id(module), []).append((x, y.clone(), indices))
+            return y
         x0, y0, indices0 = self._baseline_call(module)
-        return _MaxPoolRescale.apply(x, output, indices, x0, y0, indices0, None if self.sum_overlaps else unpool,
-                                     module)
+        _, unpool = MAXPOOL_UNPOOL[type(module)]
+        return _MaxPoolRescale.apply(x, y, indices, x0, y0, indices0, None if self.sum_overlaps else unpool, module)
 
 
 def target_rows(target: Target, n: int):
@@ -234,13 +299,14 @@ def target_rows(target: Target, n: int):
 
 def deeplift_multipliers(
     model: nn.Module, x: Tensor, baselines: Tensor, which: Tensor, target: Target, batch_size: int,
-    sum_overlaps: bool = False, desc: str = "DeepLIFT",
+    sum_overlaps: bool = False, desc: str = "DeepLIFT", kept: BaselinePass | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The DeepLIFT multipliers of the target logit for each pair (x[i], baselines[which[i]]), ``batch_size``
-    samples per forward/backward (after a gradient-free forward of the distinct baselines they use); returns
-    (multipliers, output on x, resolved target)."""
+    samples per forward/backward (after a gradient-free forward of the distinct baselines they use, or its record
+    in ``kept``); returns (multipliers, output on x, resolved target)."""
     n = x.shape[0]
     rows = target_rows(target, n)
+    kept = BaselinePass() if kept is None else kept
     multipliers, outputs, resolved = [], [], []
     hooks = _RescaleHooks(model, sum_overlaps)
     try:
@@ -248,7 +314,7 @@ def deeplift_multipliers(
         for start in tqdm(starts, desc=desc, leave=False, disable=None if len(starts) > 1 else True):
             stop = min(start + batch_size, n)
             used, local = torch.unique(which[start:stop], return_inverse=True)
-            hooks.record(model, baselines.index_select(0, used))
+            hooks.record(model, baselines.index_select(0, used), kept)
             hooks.rescale(local)
             samples = x[start:stop].detach().requires_grad_(True)
             with torch.enable_grad():
@@ -289,6 +355,7 @@ class DeepLIFT(Analyzer):
         self.baseline = baseline
         self.batch_size = check_batch_size(batch_size)
         self.sum_overlaps = bool(sum_overlaps)
+        self.baseline_pass = BaselinePass()
 
     def _check_model(self) -> None:
         check_deeplift_model(self.model)
@@ -296,7 +363,7 @@ class DeepLIFT(Analyzer):
     def _attribute(self, x, target):
         baselines, which = distinct_baselines(self.baseline, x)
         multipliers, output, resolved = deeplift_multipliers(
-            self.model, x, baselines, which, target, self.batch_size, self.sum_overlaps)
+            self.model, x, baselines, which, target, self.batch_size, self.sum_overlaps, kept=self.baseline_pass)
         return (x - baselines.index_select(0, which)) * multipliers, output, resolved
 
 
@@ -313,6 +380,7 @@ class DeepLIFTShap(Analyzer):
         self.baselines = check_baseline_set(baselines)
         self.batch_size = check_batch_size(batch_size)
         self.sum_overlaps = bool(sum_overlaps)
+        self.baseline_pass = BaselinePass()
 
     def _check_model(self) -> None:
         check_deeplift_model(self.model)
@@ -326,7 +394,8 @@ class DeepLIFTShap(Analyzer):
             target_rows(target, n)
             target = target.repeat_interleave(b)
         multipliers, output, resolved = deeplift_multipliers(
-            self.model, inputs, baselines, which, target, self.batch_size, self.sum_overlaps, desc="DeepLIFTShap")
+            self.model, inputs, baselines, which, target, self.batch_size, self.sum_overlaps, desc="DeepLIFTShap",
+            kept=self.baseline_pass)
         references = baselines.index_select(0, which)
         attribution = ((inputs - references) * multipliers).view(n, b, *x.shape[1:]).mean(dim=1)
         return attribution, output[::b], resolved[::b]
