@@ -194,6 +194,9 @@ def test_reused_analyzer_runs_the_baseline_once_until_the_model_changes(digits_m
     assert calls[5:] == [1, 4, 2]
     assert torch.equal(changed, DeepLIFT(model, baseline=0.1, batch_size=4)(x, target=2).attribution)
     assert not torch.allclose(changed, first)
+    per_sample = DeepLIFT(model, baseline=torch.rand_like(x), batch_size=4)
+    per_sample(x, target=2)
+    assert per_sample.baseline_pass.calls is None  # one baseline per sample: its activations are not kept
 
 
 def test_reused_shap_analyzer_runs_its_baselines_once(digits_model_f64, digits_batch):

@@ -22,9 +22,10 @@ How: per chunk of samples, a forward pass of the distinct baselines they use, wi
 such as zeros, is one image), records the input and output of every activation and MaxPool call; the forward pass
 of the samples then wraps each such call's output in an autograd function whose backward applies the multiplier
 against the recorded baseline call, and one backward pass seeded at the target logit gives m. The cost is a
-gradient's plus a forward pass of the baselines, and the analyzer keeps that pass's record for its next chunk or
-call while the baselines and the model's parameters and buffers (their storage and in-place version counters) are
-the same: explaining batch after batch against one baseline costs a gradient each. Weights changed through
+gradient's plus a forward pass of the baselines; for a shared baseline (or DeepLIFTShap's set) the analyzer keeps
+that pass's record for its next chunk or call while the baselines and the model's parameters and buffers (their
+storage and in-place version counters) are the same: explaining batch after batch against one baseline costs a
+gradient each; one baseline per sample keeps nothing. Weights changed through
 ``.data`` bypass the version counters: make a new analyzer then. A module called several times (torchvision's
 BasicBlock uses one ReLU twice) is handled per call.
 
@@ -233,11 +234,10 @@ class _RescaleHooks:
             with torch.no_grad():
                 run_model(model, baselines)
             kept.store(self.recorded)
-        self.shared = baselines.shape[0] == 1
 
-    def rescale(self, which: Tensor) -> None:
-        self.used, self.recording = {}, False
-        self.which = None if self.shared else which
+    def rescale(self, which: Tensor | None) -> None:
+        """``which``: each sample's baseline in the record, None for one shared baseline."""
+        self.used, self.recording, self.which = {}, False, which
 
     def check_all_used(self) -> None:
         if any(self.used.get(key, 0) != len(calls) for key, calls in self.recorded.items()):
@@ -315,7 +315,7 @@ def deeplift_multipliers(
             stop = min(start + batch_size, n)
             used, local = torch.unique(which[start:stop], return_inverse=True)
             hooks.record(model, baselines.index_select(0, used), kept)
-            hooks.rescale(local)
+            hooks.rescale(None if len(used) == 1 else local)
             samples = x[start:stop].detach().requires_grad_(True)
             with torch.enable_grad():
                 output = run_model(model, samples)
@@ -362,8 +362,9 @@ class DeepLIFT(Analyzer):
 
     def _attribute(self, x, target):
         baselines, which = distinct_baselines(self.baseline, x)
+        kept = self.baseline_pass if len(baselines) == 1 else None  # one baseline per sample: nothing to reuse
         multipliers, output, resolved = deeplift_multipliers(
-            self.model, x, baselines, which, target, self.batch_size, self.sum_overlaps, kept=self.baseline_pass)
+            self.model, x, baselines, which, target, self.batch_size, self.sum_overlaps, kept=kept)
         return (x - baselines.index_select(0, which)) * multipliers, output, resolved
 
 

@@ -406,13 +406,13 @@ class GammaRule(LinearRule):
         R_in = (1 + g/2) x W^T (s_up + s_down) + (g/2) |x| |W|^T (s_up - s_down): one convolution and two
         transposes where the four sign-split products would take four of each."""
         eps, half = self.stabilizer, self.gamma / 2
-        magnitude = x.abs()
-        a = layer.forward(magnitude, *_absolute(layer)).mul_(half)
+        magnitude, (abs_weight, abs_bias) = x.abs(), _absolute(layer)
+        a = layer.forward(magnitude, abs_weight, abs_bias).mul_(half)
         scaled_z = z * (1 + half)
         s_up = _share(_on_sign(z, relevance, True), scaled_z + a, eps)
         s_down = _share(_on_sign(z, relevance, False), scaled_z.sub_(a), eps)
         sum_part = layer.transpose(s_up + s_down, layer.params[0], x).mul_(x).mul_(1 + half)
-        difference_part = layer.transpose(s_up.sub_(s_down), _absolute(layer)[0], x)
+        difference_part = layer.transpose(s_up.sub_(s_down), abs_weight, x)
         return sum_part.addcmul_(difference_part.mul_(half), magnitude)
 
 
