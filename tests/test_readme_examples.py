@@ -35,3 +35,11 @@ def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
 def test_readme_links_nothing_outside_the_repository():
     """Readers of the repo do not have the workplace's shared notes: no absolute links into it."""
     assert "/work/" not in README.read_text()
+
+
+def test_readme_headings_are_unique():
+    """A section pasted twice (an edit gone wrong once doubled half the README) shows as a repeated heading."""
+    prose = re.sub(r"^```.*?^```", "", README.read_text(), flags=re.DOTALL | re.MULTILINE)
+    headings = [line for line in prose.splitlines() if line.startswith("#")]
+    repeated = sorted({heading for heading in headings if headings.count(heading) > 1})
+    assert not repeated, f"headings that appear more than once: {repeated}"
