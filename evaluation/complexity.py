@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from evaluation.ordering import sorted_rows
 from evaluation.similarity import normalise_by_max
 from xai.targets import Target
 
@@ -42,7 +43,7 @@ class Sparseness:
 
     def __call__(self, model: nn.Module | None, x: Tensor, attribution: Tensor, target: Target = None) -> MetricResult:
         """``model``, ``x`` and ``target`` are unused (the call shape of every metric)."""
-        a = torch.sort(_magnitudes(attribution) + 1e-7, dim=1).values
+        a = sorted_rows(_magnitudes(attribution) + 1e-7)
         n = a.shape[1]
         rank = torch.arange(1, n + 1, dtype=a.dtype, device=a.device)
         return MetricResult(((2 * rank - n - 1) * a).sum(1) / (n * a.sum(1)))

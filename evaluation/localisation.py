@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from evaluation.complexity import MetricResult
+from evaluation.ordering import sorted_rows
 from xai.targets import Target
 
 
@@ -75,9 +76,13 @@ class RelevanceRankAccuracy:
                  mask: Tensor) -> MetricResult:
         r, m = pixel_relevance_and_mask(attribution, mask)
         size = m.sum(1, keepdim=True)
-        on_object = m.gather(1, torch.argsort(r, dim=1, descending=True, stable=True))
-        top = torch.arange(r.shape[1], device=r.device)[None] < size
-        return _nan_where_empty((on_object & top).sum(1).to(r.dtype) / size[:, 0].clamp(min=1), m)
+        # the n_m-th largest value splits the top n_m (no argsort needed); of the pixels tied with it, the first
+        # in index order are taken, as a stable descending sort would
+        threshold = sorted_rows(r).gather(1, (r.shape[1] - size).clamp(max=r.shape[1] - 1))
+        above, tied = r > threshold, r == threshold
+        tied_taken = tied & (torch.cumsum(tied, dim=1) <= size - above.sum(1, keepdim=True))
+        on_object = ((above | tied_taken) & m).sum(1)
+        return _nan_where_empty(on_object.to(r.dtype) / size[:, 0].clamp(min=1), m)
 
 
 class AttributionLocalisation:

@@ -55,6 +55,13 @@ def flip_step(relevance: Tensor, order: str, step_of: Tensor) -> Tensor:
     return torch.empty_like(ranking).scatter_(1, ranking, step_of.expand_as(ranking))
 
 
+def sorted_rows(values: Tensor) -> Tensor:
+    """``torch.sort(values, dim=1).values`` of a 2-D tensor, faster on the CPU: numpy's SIMD sort is 6-9x torch's."""
+    if values.device.type != "cpu":
+        return torch.sort(values, dim=1).values
+    return torch.from_numpy(np.sort(values.detach().numpy(), axis=1))
+
+
 def stable_argsort(values: Tensor, descending: bool) -> Tensor:
     """``torch.argsort(values, dim=1, descending=descending, stable=True)`` of a 2-D tensor, faster on the CPU.
 

@@ -17,21 +17,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from evaluation.ordering import stable_argsort
+
 SSIM_WINDOW = 7  # skimage's window without Gaussian weights
 
 
 def normalise_by_max(attribution: Tensor, absolute: bool = False) -> Tensor:
     """Each sample divided by its largest absolute value, flattened (N, n); an all-zero sample stays zero."""
     flat = attribution.flatten(1)
-    peak = flat.abs().amax(dim=1, keepdim=True)
-    flat = flat / torch.where(peak > 0, peak, torch.ones_like(peak))
-    return flat.abs() if absolute else flat
+    magnitude = flat.abs()
+    peak = magnitude.amax(dim=1, keepdim=True)
+    return (magnitude if absolute else flat) / torch.where(peak > 0, peak, torch.ones_like(peak))
 
 
 def average_ranks(values: Tensor) -> Tensor:
     """Ranks 1..n along each row of (N, n), tied values sharing the mean of their ranks."""
     n = values.shape[1]
-    ordered, order = torch.sort(values, dim=1)
+    order = stable_argsort(values, descending=False)
+    ordered = values.gather(1, order)
     starts_group = torch.ones_like(ordered, dtype=torch.bool)
     starts_group[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
     group = torch.cumsum(starts_group, dim=1) - 1

@@ -22,12 +22,15 @@ PixelFlipping with one-channel digits and a 0 baseline (= Deletion's work), Quan
 Captum's infidelity with Gaussian noise) and against its bare forward passes: the inputs of its forward calls,
 recorded during a warm-up run, replayed. ROAD's overhead is mostly the imputation (sparse solves on the CPU).
 
+Then the metrics that need no forward pass (Sparseness, Complexity, and the localisation metrics on the bundled
+localisation digits with their masks), ours against Quantus's on the same attributions: the floor is 20x.
+
 Last, the metrics that re-explain (MPRT, RandomLogit, Max/AvgSensitivity, LocalLipschitzEstimate) with
 ``Gradient`` on the digits CNN against Quantus's, which get the same explainer through ``explain_func_for``, the
 same number of noisy copies (20) and randomised layers.
 
     python scripts/bench_evaluation.py [--repeats 3] [--batch-size 64] [--skip-quantus]
-                                      [--only digits|resnet|faithfulness|explainer] [--threads T] [--clock wall|cpu]
+                                      [--only digits|resnet|faithfulness|attribution|explainer] [--threads T] [--clock wall|cpu]
 """
 import argparse
 import statistics
@@ -43,19 +46,20 @@ from torch import nn
 from torchvision.models import resnet18
 
 from evaluation import (
-    ROAD, AvgSensitivity, Deletion, FaithfulnessCorrelation, Infidelity, Insertion, LocalLipschitzEstimate,
-    MaxSensitivity, ModelParameterRandomisation, PixelFlipping, RandomLogit,
+    ROAD, AttributionLocalisation, AvgSensitivity, Complexity, Deletion, FaithfulnessCorrelation, Infidelity,
+    Insertion, LocalLipschitzEstimate, MaxSensitivity, ModelParameterRandomisation, PixelFlipping, PointingGame,
+    RandomLogit, RelevanceMassAccuracy, RelevanceRankAccuracy, Sparseness,
 )
 from evaluation.quantus_adapter import explain_func_for
 from evaluation.ordering import flip_step, step_of_rank
-from pipeline.bundled import digits_split, load_default_model
+from pipeline.bundled import digits_localisation_split, digits_split, load_default_model
 from xai import Gradient
 
 QUANTUS_BUDGET_S = 60.0  # repeat Quantus only while its runs add up to less than this
 
 
 def cases(only: str | None):
-    if only in ("faithfulness", "explainer"):
+    if only in ("faithfulness", "attribution", "explainer"):
         return
     if only != "resnet":
         images, labels = digits_split("test")
@@ -149,7 +153,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--skip-quantus", action="store_true")
-    parser.add_argument("--only", choices=["digits", "resnet", "faithfulness", "explainer"],
+    parser.add_argument("--only", choices=["digits", "resnet", "faithfulness", "attribution", "explainer"],
                         help="run one of the two PixelFlipping models, or only the faithfulness metrics, or only "
                              "the re-explaining (randomisation, robustness) metrics")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -194,6 +198,8 @@ def main() -> None:
               f"{overhead_s / bare_s:>13.3f}", flush=True)
     if args.only in (None, "faithfulness"):
         faithfulness_metrics(args)
+    if args.only in (None, "attribution"):
+        attribution_metrics(args)
     if args.only in (None, "explainer"):
         explainer_metrics(args)
 
@@ -249,6 +255,31 @@ def faithfulness_metrics(args) -> None:
         inputs = sum(len(c) for c in chunks)
         print(f"{name:<24} {inputs:>8} {bare_s:>8.3f} {ours_s:>8.3f} {reference:>9} {reference_s:>8.3f} "
               f"{ours_s / bare_s:>9.3f} {reference_s / ours_s:>8.2f} {min(overhead):>10.3f}", flush=True)
+
+
+def attribution_metrics(args) -> None:
+    """The metrics that read only the attribution (and a mask): 16 localisation digits, ours vs Quantus 0.6.0."""
+    images, labels, masks = digits_localisation_split("test")
+    x, target, mask = images[:16], labels[:16], masks[:16, None]
+    model = load_default_model("cpu", "digits_localisation_cnn")
+    attribution = Gradient(model)(x, target).attribution
+    arrays = dict(model=model, x_batch=x.numpy(), y_batch=target.numpy(), channel_first=True)
+    pairs = [
+        (Sparseness(), quantus.Sparseness, {}), (Complexity(), quantus.Complexity, {}),
+        (PointingGame(), quantus.PointingGame, {"mask": mask}),
+        (RelevanceMassAccuracy(), quantus.RelevanceMassAccuracy, {"mask": mask}),
+        (RelevanceRankAccuracy(), quantus.RelevanceRankAccuracy, {"mask": mask}),
+        (AttributionLocalisation(), quantus.AttributionLocalisation, {"mask": mask}),
+    ]
+    print(f"\n{'metric':<30} {'ours s':>8} {'quantus s':>9} {'quantus/ours':>12}")
+    for ours, reference, extra in pairs:
+        ours_s = best_of(lambda: ours(model, x, attribution, target, **extra), 10 * args.repeats)
+        quantus_s = float("nan")
+        if not args.skip_quantus:
+            s_batch = {"s_batch": mask.numpy().astype(float)} if extra else {}
+            quantus_s = best_of(lambda: reference(disable_warnings=True)(
+                **arrays, a_batch=attribution.numpy().copy(), **s_batch), 10 * args.repeats)
+        print(f"{type(ours).__name__:<30} {ours_s:>8.4f} {quantus_s:>9.4f} {quantus_s / ours_s:>12.1f}", flush=True)
 
 
 def explainer_metrics(args) -> None:

@@ -52,6 +52,16 @@ def test_rank_accuracy_counts_the_share_of_the_top_pixels_on_the_object():
     assert RelevanceRankAccuracy()(None, relevance, relevance, None, mask=mask).scores.item() == pytest.approx(0.75)
 
 
+def test_rank_accuracy_breaks_ties_at_the_cut_in_pixel_order_as_a_stable_sort():
+    relevance = torch.tensor([[[5.0, 3.0, 3.0, 1.0]]])  # the top 2 are pixel 0 and the first 3.0 (pixel 1)
+    mask = torch.tensor([[[True, False, True, False]]])
+    assert RelevanceRankAccuracy()(None, relevance, relevance, None, mask=mask).scores.item() == 0.5
+    mask = torch.tensor([[[False, True, True, False]]])  # top 2 = pixels 0, 1: one on the object
+    assert RelevanceRankAccuracy()(None, relevance, relevance, None, mask=mask).scores.item() == 0.5
+    mask = torch.tensor([[[True, True, False, False]]])
+    assert RelevanceRankAccuracy()(None, relevance, relevance, None, mask=mask).scores.item() == 1.0
+
+
 def test_an_empty_mask_scores_nan_where_quantus_pointing_game_scores_a_hit(digits_model_f64, case):
     x, attribution, mask = case
     empty = mask.clone()

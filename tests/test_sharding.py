@@ -200,7 +200,7 @@ def test_a_failed_shard_is_named_with_its_rerun_command_and_rerunning_it_alone_c
 
 
 def test_parallel_jobs_on_one_sqlite_store_lose_no_run(tmp_path):
-    multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "method=gradient,input_x_gradient",
+    multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "method=gradient,input_x_gradient",
              "seed=0,1", "dataset.limit=4", "evaluation.features_in_step=256")
     _, runs = runs_of(tmp_path)
     assert sorted((r.data.tags["method"], r.data.params["seed"]) for r in runs) == [
