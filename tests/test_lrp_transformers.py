@@ -288,6 +288,9 @@ MODELS = {
                                                 num_classes=10), 32),
     "timm_deit_tiny": (lambda: timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=32,
                                                  num_classes=10), 32),
+    "timm_vit_swiglu": (lambda: timm.models.VisionTransformer(  # gated MLPs: silu(x W_g) * (x W_u)
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10, mlp_layer=timm.layers.SwiGLU,
+        act_layer=nn.SiLU), 32),
 }
 
 
@@ -362,3 +365,64 @@ def test_what_the_attention_rules_do_not_cover_is_still_refused():
 
     with pytest.raises(UnsupportedModelError, match="functional softmax at the output"):
         LRP(SoftmaxAtTheOutput(), composite=AttnLRP())(torch.randn(2, 4))
+
+
+class GatedMLPNet(nn.Module):
+    """A classifier around a gated MLP with the attribute names of LXT's patched ``LlamaMLP``."""
+
+    def __init__(self, mlp_forward=None):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(8, 6)
+        self.act_fn, self.head = nn.SiLU(), nn.Linear(6, 3)
+        self.mlp_forward = mlp_forward
+
+    def forward(self, x):
+        if self.mlp_forward is not None:  # LXT's patched forward, called with this module as its ``self``
+            return self.head(self.mlp_forward(self, x))
+        return self.head(self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x)))
+
+
+@pytest.mark.parametrize("composite, lxt_forward", [(CPLRP, "cp_gated_mlp_forward"), (AttnLRP, "gated_mlp_forward")])
+def test_gated_mlp_equals_lxt(composite, lxt_forward):
+    """CPLRP: the gate silu(x W_g) a constant (LXT 2.1's ``cp_gated_mlp_forward``); AttnLRP: the identity rule on the
+    SiLU and the uniform rule on the product (``gated_mlp_forward``). LXT's relevance is x * grad from the logit,
+    which through Linear layers is LRP-0: ours with a tiny epsilon, times the logit. Float64, 1e-5 relative."""
+    from lxt.efficient import patches
+
+    torch.manual_seed(2)
+    model = GatedMLPNet().double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    reference_model = GatedMLPNet(getattr(patches, lxt_forward)).double()
+    reference_model.load_state_dict(model.state_dict())
+    leaf = x.clone().requires_grad_(True)
+    logit = reference_model(leaf)[:, 1]
+    (grad,) = torch.autograd.grad(logit.sum(), leaf)
+    reference = (leaf * grad).detach()
+    ours = LRP(model, composite=composite(epsilon=TINY, stabilizer=TINY))(x, target=1).attribution
+    assert reference.abs().sum() > 0
+    torch.testing.assert_close(ours * logit.detach()[:, None], reference, rtol=1e-5, atol=1e-5 * reference.abs().max())
+    with torch.no_grad():  # bias-free, both rules conserve the relevance
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+    sums = LRP(model, composite=composite(epsilon=TINY, stabilizer=TINY))(x, target=1).attribution.sum(1)
+    torch.testing.assert_close(sums, torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-6)
+
+
+def test_products_the_composite_cannot_split_are_refused_naming_why():
+    class Bilinear(nn.Module):  # neither factor an activation function's output: CP-LRP cannot tell the gate
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.a(x) * self.b(x))
+
+    x = torch.randn(2, 4)
+    with pytest.raises(UnsupportedModelError, match=r"GateRule takes the factor that is an activation function's "
+                                                    r"output as the gate, and here neither or both are"):
+        LRP(Bilinear(), composite=CPLRP())(x)
+    assert torch.isfinite(LRP(Bilinear(), composite=AttnLRP())(x).attribution).all()
+    with pytest.raises(UnsupportedModelError, match=r"GatedMLPNet\): multiplies two activations \(mul\).*CPLRP and "
+                                                    r"AttnLRP have one for gated MLPs"):
+        LRP(GatedMLPNet(), composite=xc.EpsilonPlus())(torch.randn(2, 6))

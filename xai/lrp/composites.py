@@ -150,6 +150,13 @@ class Composite:
         return GateRule()
 
     @property
+    def activation_product_rule(self) -> GateRule | UniformRule | None:
+        """The rule for products of two activations neither of which is a sigmoid (gated MLPs,
+        ``silu(x W_g) * (x W_u)``): ``GateRule``, the factor that is an activation function's output as the gate;
+        ``UniformRule``, half to each factor; None: refused."""
+        return None
+
+    @property
     def matmul_rule(self) -> UniformRule | None:
         """The rule for ops linear in each activation factor (matmuls, ``F.linear``); None: refused."""
         return None
@@ -274,21 +281,33 @@ class CPLRP(_AttentionComposite):
     """CP-LRP for transformers (Ali et al. 2022, "XAI for Transformers: Better Explanations through Conservative
     Propagation"; LXT 2.1's ``cp_LRP`` recipe for torchvision's ViT): the attention weights are constants, so
     relevance flows through the values and their projections only (``ConstantRule`` on the softmax). LayerNorm with
-    its std held fixed, the identity rule on GELU and other element-wise activations, Gamma on Linear/Conv."""
+    its std held fixed, the identity rule on GELU and other element-wise activations, Gamma on Linear/Conv; in a
+    gated MLP (``silu(x W_g) * (x W_u)``) the gate is a constant, so relevance flows through the other factor."""
 
     def __init__(self, gamma_linear: float = 0.0, gamma_conv: float = 0.25, epsilon: float = 1e-6,
                  stabilizer: float = 1e-6):
         super().__init__(gamma_linear, gamma_conv, epsilon, stabilizer, name="CPLRP", softmax_rule=ConstantRule())
 
+    @property
+    def activation_product_rule(self) -> GateRule:
+        """A gated MLP's gate (the activation's output) is a constant: LXT 2.1's ``cp_gated_mlp_forward``."""
+        return GateRule()
+
 
 class AttnLRP(_AttentionComposite):
     """AttnLRP (Achtibat et al. 2024, "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation for
     Transformers"; LXT 2.1): the uniform rule on query @ key^T and weights @ values (half the relevance to each
-    factor), the softmax rule on the attention scores; otherwise as ``CPLRP``."""
+    factor), the softmax rule on the attention scores, the uniform rule on a gated MLP's product; otherwise as
+    ``CPLRP``."""
 
     def __init__(self, gamma_linear: float = 0.0, gamma_conv: float = 0.25, epsilon: float = 1e-6,
                  stabilizer: float = 1e-6):
         super().__init__(gamma_linear, gamma_conv, epsilon, stabilizer, name="AttnLRP", softmax_rule=SoftmaxRule())
+
+    @property
+    def activation_product_rule(self) -> UniformRule:
+        """A gated MLP's product splits its relevance in half: LXT 2.1's ``gated_mlp_forward``."""
+        return self._matmul_rule
 
 
 def default_composite() -> Composite:

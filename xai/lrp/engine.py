@@ -29,10 +29,10 @@ from torch.overrides import TorchFunctionMode
 from xai.analyzer import Analyzer, check_output
 from xai.lrp.attention import DECOMPOSITIONS
 from xai.lrp.canonize import BATCH_NORM_TYPES, AffineLayer
-from xai.lrp.composites import Composite, default_composite
+from xai.lrp.composites import ACTIVATION_TYPES, Composite, default_composite
 from xai.errors import UnsupportedModelError
-from xai.lrp.functional import (GATE_OPS, GATE_TYPES, MODULE_FORMS, FunctionalCall, Kind, activations, canonical,
-                                classify, op_name, out_of_place)
+from xai.lrp.functional import (ACTIVATION_OPS, GATE_OPS, GATE_TYPES, MODULE_FORMS, FunctionalCall, Kind, activations,
+                                canonical, classify, op_name, out_of_place)
 from xai.lrp.model_check import ADVICE, Trace, check_modules, is_norm_act, trace
 from xai.lrp.rules import (ConstantRule, GateRule, LayerOutput, LinearRule, PassRule, ProductRule, Rule,
                            SoftmaxRule, UniformRule, signed_epsilon)
@@ -178,23 +178,31 @@ class _RelevanceForward(TorchFunctionMode):
     (``_Rectifiable.relu_in_place``)."""
 
     def __init__(self, stabilizer: float, rectifiable: "_Rectifiable", functional_rules: dict[str, Rule],
-                 product_rule: ProductRule, matmul_rule: UniformRule | None, softmax_rule: Rule | None):
+                 composite: Composite):
         super().__init__()
         self.stabilizer = stabilizer
         self.rectifiable = rectifiable
         self.functional_rules = functional_rules
-        self.product_rule = product_rule
-        self.matmul_rule = matmul_rule
-        self.softmax_rule = softmax_rule
+        self.product_rule = composite.product_rule
+        self.activation_product_rule = composite.activation_product_rule
+        self.matmul_rule = composite.matmul_rule
+        self.softmax_rule = composite.softmax_rule
         self.opaque_depth = 0  # > 0 while a module with a rule runs
         self.batch_norm_handler = None  # set while a norm-act module runs: what to do with its F.batch_norm
-        self._gates: dict[int, weakref.ref] = {}
+        self._gates: dict[int, weakref.ref] = {}  # outputs of sigmoids
+        self._activated: dict[int, weakref.ref] = {}  # outputs of the other element-wise activations
 
-    def add_gate(self, tensor: Tensor) -> None:
-        self._gates[id(tensor)] = weakref.ref(tensor)
+    def add_output(self, tensor: Tensor, gate: bool) -> None:
+        """Remember an activation function's output: a sigmoid's is a gate (squeeze-excitation), another's may be
+        the gate of a gated MLP."""
+        (self._gates if gate else self._activated)[id(tensor)] = weakref.ref(tensor)
 
     def _is_gate(self, tensor) -> bool:
         ref = self._gates.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    def _is_activated(self, tensor) -> bool:
+        ref = self._activated.get(id(tensor))
         return ref is not None and ref() is tensor
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -253,8 +261,8 @@ class _RelevanceForward(TorchFunctionMode):
         if name == "relu":
             self.rectifiable.rectified(x, output)
         result = _ModuleRelevance.apply(x, output, call, rule)
-        if name in GATE_OPS:
-            self.add_gate(result)
+        if name in ACTIVATION_OPS:
+            self.add_output(result, gate=name in GATE_OPS)
         return result
 
     def _softmax(self, func, args: tuple, kwargs: dict) -> Tensor:
@@ -277,6 +285,14 @@ class _RelevanceForward(TorchFunctionMode):
         elif self._is_gate(second) != self._is_gate(first):
             value, gate, rule = (first, second, self.product_rule) if self._is_gate(second) else \
                 (second, first, self.product_rule)
+        elif isinstance(self.activation_product_rule, UniformRule):  # half to each factor (AttnLRP)
+            op, op_kwargs = out_of_place(func, kwargs)
+            factors = list({id(a): a for a in args}.values())
+            return _MatmulRelevance.apply(self.activation_product_rule, _call_with(op, args, op_kwargs, factors), 2,
+                                          *factors)
+        elif self.activation_product_rule is not None and self._is_activated(first) != self._is_activated(second):
+            value, gate, rule = (first, second, self.activation_product_rule) if self._is_activated(second) else \
+                (second, first, self.activation_product_rule)  # the activation's output is the gate (CP-LRP)
         else:  # refused by the model check
             return func(*args, **kwargs)
         op, op_kwargs = out_of_place(func, kwargs)
@@ -349,7 +365,8 @@ class LRP(Analyzer):
         if key not in self._traces:
             self._traces[key] = trace(self.model, x[:1], set(self.layer_rules()), set(self.functional_rules()),
                                       matmul=self.composite.matmul_rule is not None,
-                                      softmax=self.composite.softmax_rule is not None)
+                                      softmax=self.composite.softmax_rule is not None,
+                                      activation_products=self.composite.activation_product_rule)
         return self._traces[key]
 
     def _affine(self, module: nn.Module, batch_norm: nn.Module | None) -> AffineLayer:
@@ -410,8 +427,7 @@ class LRP(Analyzer):
         inplace = [m for m in self.model.modules()
                    if getattr(m, "inplace", False) is True and not isinstance(m, nn.ReLU)]
         rectifiable = _Rectifiable()
-        mode = _RelevanceForward(self.composite.stabilizer, rectifiable, self.functional_rules(),
-                                 self.composite.product_rule, self.composite.matmul_rule, self.composite.softmax_rule)
+        mode = _RelevanceForward(self.composite.stabilizer, rectifiable, self.functional_rules(), self.composite)
         handles = []
         try:
             for m in inplace:
@@ -571,7 +587,7 @@ def _norm_act_hooks(norm_act: nn.Module, mode: _RelevanceForward,
 def _module_hooks(module: nn.Module, rule: Rule, rectifiable: _Rectifiable, mode: _RelevanceForward) -> list:
     """The rule replaces the module as a whole: nothing inside it is intercepted (``opaque_depth``)."""
     is_relu = isinstance(module, nn.ReLU)
-    is_gate = isinstance(module, GATE_TYPES)
+    is_gate, is_activation = isinstance(module, GATE_TYPES), isinstance(module, ACTIVATION_TYPES)
 
     def pre_hook(module, args):
         mode.opaque_depth += 1
@@ -584,8 +600,8 @@ def _module_hooks(module: nn.Module, rule: Rule, rectifiable: _Rectifiable, mode
             rectifiable.relu_rule = None
             rectifiable.rectified(args[0], output.detach())
         result = _ModuleRelevance.apply(args[0], output.detach(), module, rule)
-        if is_gate:
-            mode.add_gate(result)
+        if is_activation or is_gate:
+            mode.add_output(result, gate=is_gate)
         return result
 
     return [module.register_forward_hook(hook), module.register_forward_pre_hook(pre_hook)]

@@ -7,7 +7,9 @@ pooling) keep their gradient, which is already the LRP redistribution (winner ta
 activations are split in proportion to the summands (Zennit's ``Norm`` rule on its ``Sum`` layer); an activation
 scaled by a constant (``x * layer_scale``, ``x / 6``) keeps its relevance (the Epsilon rule of an element-wise
 linear map without bias); a product of an activation and a gate (the output of a sigmoid, as in squeeze-excitation)
-gets the composite's product rule. Attention (composites ``CPLRP``, ``AttnLRP``): ops linear in each activation
+gets the composite's product rule, and a product of two activations (a gated MLP, ``silu(x W_g) * (x W_u)``) the
+composite's rule for those, where it has one (``CPLRP``: the factor that is an activation function's output is the
+gate; ``AttnLRP``: the uniform rule). Attention (composites ``CPLRP``, ``AttnLRP``): ops linear in each activation
 factor (a matmul of two activations, an activation times a constant matrix, ``F.linear`` with a weight used
 functionally) get the composite's matmul rule, ``softmax`` its softmax rule; ``scaled_dot_product_attention`` and
 ``multi_head_attention_forward`` are run as their decomposition into these ops (``xai.lrp.attention``), so that
@@ -45,6 +47,9 @@ MODULE_FORMS: dict[str, type[nn.Module]] = {
     "layer_norm": nn.LayerNorm, "group_norm": nn.GroupNorm, "rms_norm": nn.RMSNorm,
 }
 
+#: Element-wise activations among the functional ops: the gate of a gated MLP (``silu(x W_g) * (x W_u)``) is one.
+ACTIVATION_OPS = frozenset({"relu", "relu6", "hardtanh", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish",
+                            "hardswish", "hardsigmoid", "sigmoid", "tanh", "softplus"})
 GATE_OPS = frozenset({"sigmoid", "hardsigmoid"})
 GATE_TYPES = (nn.Sigmoid, nn.Hardsigmoid)
 SUM_OPS = frozenset({"add", "__add__", "__radd__"})
@@ -146,5 +151,5 @@ class FunctionalCall:
         return self.func(x, *self.rest, **self.kwargs)
 
 
-__all__ = ["ATTENTION_OPS", "FunctionalCall", "GATE_OPS", "GATE_TYPES", "Kind", "MODULE_FORMS", "ROUTING_OPS",
-           "activations", "canonical", "classify", "op_name", "out_of_place"]
+__all__ = ["ACTIVATION_OPS", "ATTENTION_OPS", "FunctionalCall", "GATE_OPS", "GATE_TYPES", "Kind", "MODULE_FORMS",
+           "ROUTING_OPS", "activations", "canonical", "classify", "op_name", "out_of_place"]

@@ -22,10 +22,10 @@ from torch.overrides import TorchFunctionMode
 
 from xai.errors import Problem, UnsupportedModelError
 from xai.lrp.canonize import BATCH_NORM_TYPES, CONV_TYPES, LINEAR_TYPES, conv_padding
-from xai.lrp.composites import leaves
+from xai.lrp.composites import ACTIVATION_TYPES, leaves
 from xai.lrp.attention import DECOMPOSITIONS, unsupported
-from xai.lrp.functional import GATE_OPS, GATE_TYPES, Kind, canonical, classify
-from xai.lrp.rules import Rule
+from xai.lrp.functional import ACTIVATION_OPS, GATE_OPS, GATE_TYPES, Kind, canonical, classify
+from xai.lrp.rules import Rule, UniformRule
 from xai.softmax import SOFTMAX_TYPES
 from xai.validation import forward
 
@@ -135,9 +135,10 @@ class _OpWatch(TorchFunctionMode):
     products that are not gated, softmaxes, and who reads each Linear/Conv output."""
 
     def __init__(self, stack: list[tuple[str, nn.Module]], linear_outputs: dict[int, tuple[str, Tensor]],
-                 opaque: set[nn.Module], functional_rules: Collection[str], matmul: bool, softmax: bool):
+                 opaque: set[nn.Module], functional_rules: Collection[str], matmul: bool, softmax: bool,
+                 activation_products: Rule | None):
         super().__init__()
-        self.matmul, self.softmax = matmul, softmax
+        self.matmul, self.softmax, self.activation_products = matmul, softmax, activation_products
         self.stack = stack
         self.opaque = opaque
         self.functional_rules = functional_rules
@@ -146,6 +147,7 @@ class _OpWatch(TorchFunctionMode):
         self.linear_outputs = linear_outputs  # id -> (path, output) of the Linear/Conv outputs so far
         self.readers: dict[str, int] = {}  # Linear/Conv path -> how many ops took its output as an argument
         self.gates: dict[int, Tensor] = {}  # outputs of sigmoids, kept alive: ids stay unique
+        self.activated: dict[int, Tensor] = {}  # outputs of the other element-wise activations, likewise
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -175,11 +177,13 @@ class _OpWatch(TorchFunctionMode):
         if kind is Kind.RULE and name not in self.functional_rules:
             self.refused[path, f"calls {name} on an activation, and the composite has no rule for its module "
                          "form"] = module
-        elif kind is Kind.RULE and name in GATE_OPS:
-            self.gates[id(result)] = result
+        elif kind is Kind.RULE and name in ACTIVATION_OPS:
+            self.add_output(result, gate=name in GATE_OPS)
         elif kind is Kind.PRODUCT and not self.is_gated(args):
-            self.refused[path, f"multiplies two activations ({name}), not an activation and a gate (the output of a "
-                         "sigmoid): LRP rules for such products are not implemented"] = module
+            reason = self.unexplained_product(args)
+            if reason:
+                self.refused[path, f"multiplies two activations ({name}), not an activation and a gate (the output "
+                             f"of a sigmoid): {reason}"] = module
         elif kind is Kind.MATMUL and not self.matmul:
             self.refused[path, f"calls {name} on an activation (a matmul, attention?): {ATTENTION_ADVICE}"] = module
         elif kind is Kind.ATTENTION:
@@ -191,8 +195,23 @@ class _OpWatch(TorchFunctionMode):
                          "operation"] = module
         return result
 
+    def add_output(self, tensor: Tensor, gate: bool) -> None:
+        (self.gates if gate else self.activated)[id(tensor)] = tensor
+
     def is_gated(self, args) -> bool:
         return len(args) == 2 and sum(self.gates.get(id(a)) is a for a in args) == 1
+
+    def unexplained_product(self, args) -> str | None:
+        """Why the composite cannot explain this product of two activations (a gated MLP?), or None."""
+        if isinstance(self.activation_products, UniformRule):
+            return None
+        if self.activation_products is None:
+            return ("the composite has no rule for such products; CPLRP and AttnLRP have one for gated MLPs "
+                    "(silu(x W_g) * (x W_u))")
+        if len(args) == 2 and sum(self.activated.get(id(a)) is a for a in args) == 1:
+            return None
+        return (f"{type(self.activation_products).__name__} takes the factor that is an activation function's output "
+                "as the gate, and here neither or both are; AttnLRP's uniform rule splits any such product")
 
 
 def _carries(result) -> bool:
@@ -201,12 +220,13 @@ def _carries(result) -> bool:
 
 
 def trace(model: nn.Module, sample: Tensor, ruled: Collection[str] = (), functional_rules: Collection[str] = (),
-          matmul: bool = False, softmax: bool = False) -> Trace:
+          matmul: bool = False, softmax: bool = False, activation_products: Rule | None = None) -> Trace:
     """Run ``model`` once on ``sample`` (one input, parameters frozen) and record what LRP needs to know.
 
     ``ruled``: the paths of modules that have a rule (they are explained as a whole, what runs inside them is not
     checked; a BatchNorm with a rule, or inside a module with one, is not merged); ``functional_rules``: the functional
-    ops that have a rule; ``matmul``, ``softmax``: the composite has a matmul rule, a softmax rule (attention).
+    ops that have a rule; ``matmul``, ``softmax``: the composite has a matmul rule, a softmax rule (attention);
+    ``activation_products``: its rule for products of two activations (``Composite.activation_product_rule``).
     """
     found = Trace()
     paths = {m: p for p, m in model.named_modules()}
@@ -215,7 +235,7 @@ def trace(model: nn.Module, sample: Tensor, ruled: Collection[str] = (), functio
     stack: list[tuple[str, nn.Module]] = []
     calls: dict[nn.Module, int] = {}
     linear_outputs: dict[int, tuple[str, Tensor]] = {}  # id -> (path, output), kept alive: ids stay unique
-    watch = _OpWatch(stack, linear_outputs, opaque, functional_rules, matmul, softmax)
+    watch = _OpWatch(stack, linear_outputs, opaque, functional_rules, matmul, softmax, activation_products)
     sample = sample.detach().requires_grad_(True)
 
     def pre(module, args):
@@ -229,8 +249,8 @@ def trace(model: nn.Module, sample: Tensor, ruled: Collection[str] = (), functio
         stack.pop()
         if isinstance(module, LINEAR_TYPES) and isinstance(output, Tensor):
             linear_outputs[id(output)] = (paths[module], output)
-        if isinstance(module, GATE_TYPES) and isinstance(output, Tensor):
-            watch.gates[id(output)] = output
+        if isinstance(module, ACTIVATION_TYPES) and isinstance(output, Tensor):
+            watch.add_output(output, gate=isinstance(module, GATE_TYPES))
 
     handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     try:
