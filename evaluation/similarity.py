@@ -22,11 +22,15 @@ from evaluation.ordering import stable_argsort
 SSIM_WINDOW = 7  # skimage's window without Gaussian weights
 
 
-def normalise_by_max(attribution: Tensor, absolute: bool = False) -> Tensor:
-    """Each sample divided by its largest absolute value, flattened (N, n); an all-zero sample stays zero."""
+def normalise_by_max(attribution: Tensor, absolute: bool = False, finite: bool = False) -> Tensor:
+    """Each sample divided by its largest absolute value, flattened (N, n); an all-zero sample stays zero.
+
+    ``finite``: refuse NaN and Inf, checked on the peaks (which any NaN or Inf reaches) instead of on every value."""
     flat = attribution.flatten(1)
     magnitude = flat.abs()
     peak = magnitude.amax(dim=1, keepdim=True)
+    if finite and not torch.isfinite(peak).all():
+        raise ValueError("attribution contains NaN or Inf values: fix the explanation or use torch.nan_to_num")
     return (magnitude if absolute else flat) / torch.where(peak > 0, peak, torch.ones_like(peak))
 
 
