@@ -281,6 +281,39 @@ def test_the_model_is_unchanged_after_analysis_and_after_an_error():
     assert "original_forward" not in nn.MultiheadAttention.__dict__
 
 
+@pytest.mark.parametrize("composite", [CPLRP, AttnLRP])
+def test_an_lrp_pass_leaves_no_reference_cycles(composite):
+    """Everything a pass keeps is freed with its graph, not when the garbage collector next runs: a cycle (a
+    recursive closure, a rule that keeps a tensor it reads back) would hold activations past the backward pass."""
+    import gc
+
+    analyzer = LRP(tiny_vit(), composite=composite())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    analyzer(x, 1)  # the model check and the cached weights: once per analyzer
+    gc.collect()
+    gc.disable()
+    try:
+        analyzer(x, 1)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_in_place_activations_give_the_same_relevance_and_stay_in_place():
+    """The rules remake an activation's output from its input in the backward pass, after the LRP forward pass has
+    restored ``inplace=True``: the remake must still leave its input alone."""
+    def make(inplace: bool) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 8), nn.SiLU(inplace=inplace), nn.Linear(8, 8), nn.GELU(),
+                             nn.LayerNorm(8), nn.Linear(8, 3)).double().eval()
+
+    x = torch.randn(4, 6, dtype=torch.float64)
+    in_place = make(True)
+    expected = LRP(make(False), composite=CPLRP())(x, 2).attribution
+    torch.testing.assert_close(LRP(in_place, composite=CPLRP())(x, 2).attribution, expected, rtol=0, atol=0)
+    assert in_place[1].inplace is True
+
+
 MODELS = {
     "torchvision_vit": (tiny_vit, 32),
     "torchvision_swin": (tiny_swin, 32),

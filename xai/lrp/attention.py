@@ -9,6 +9,7 @@ a constant, so that relevance flows through the values only, as LXT's ``cp_multi
 The model check runs the same decomposition, so it checks exactly what the engine explains.
 """
 import inspect
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -32,13 +33,15 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def _attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, dropout_p: float,
-               scale: float | None) -> tuple[Tensor, Tensor]:
-    """softmax(query key^T * scale + mask) value, and the attention weights; ``mask`` additive."""
+               scale: float | None, constant_weights: bool) -> tuple[Tensor, Tensor]:
+    """softmax(query key^T * scale + mask) value, and the attention weights; ``mask`` additive. With
+    ``constant_weights`` (CP-LRP) the weights are computed outside autograd: no relevance flows through them."""
     scale = query.shape[-1] ** -0.5 if scale is None else scale
-    scores = torch.matmul(query * scale, key.transpose(-2, -1))
-    if mask is not None:
-        scores = scores + mask
-    weights = torch.softmax(scores, dim=-1)
+    with torch.no_grad() if constant_weights else nullcontext():
+        scores = torch.matmul(query * scale, key.transpose(-2, -1))
+        if mask is not None:
+            scores = scores + mask
+        weights = torch.softmax(scores, dim=-1)
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
     return torch.matmul(weights, value), weights
@@ -46,12 +49,12 @@ def _attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, d
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
                                  dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-                                 enable_gqa: bool = False) -> Tensor:
+                                 enable_gqa: bool = False, *, constant_weights: bool = False) -> Tensor:
     """``F.scaled_dot_product_attention`` (a boolean ``attn_mask`` marks what may be attended to)."""
     if is_causal:
         attn_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
     mask = None if attn_mask is None else _additive(attn_mask, query.dtype, allowed_where_true=True)
-    return _attention(query, key, value, mask, dropout_p, scale)[0]
+    return _attention(query, key, value, mask, dropout_p, scale, constant_weights)[0]
 
 
 def multi_head_attention_forward(
@@ -61,8 +64,8 @@ def multi_head_attention_forward(
         training: bool = True, key_padding_mask: Tensor | None = None, need_weights: bool = True,
         attn_mask: Tensor | None = None, use_separate_proj_weight: bool = False, q_proj_weight: Tensor | None = None,
         k_proj_weight: Tensor | None = None, v_proj_weight: Tensor | None = None, static_k: Tensor | None = None,
-        static_v: Tensor | None = None, average_attn_weights: bool = True, is_causal: bool = False
-) -> tuple[Tensor, Tensor | None]:
+        static_v: Tensor | None = None, average_attn_weights: bool = True, is_causal: bool = False, *,
+        constant_weights: bool = False) -> tuple[Tensor, Tensor | None]:
     """``F.multi_head_attention_forward`` (sequence-first; ``True`` in a boolean mask marks what may not be
     attended to), without ``bias_k``/``bias_v``, ``add_zero_attn`` and static keys (``unsupported``)."""
     unbatched = query.dim() == 2
@@ -90,7 +93,7 @@ def multi_head_attention_forward(
     if key_padding_mask is not None:
         padding = _additive(key_padding_mask, q.dtype, allowed_where_true=False).reshape(batch, 1, 1, -1)
         mask = padding if mask is None else mask + padding
-    output, attention = _attention(q, k, v, mask, dropout_p if training else 0.0, None)
+    output, attention = _attention(q, k, v, mask, dropout_p if training else 0.0, None, constant_weights)
     output = _linear(output.permute(2, 0, 1, 3).reshape(tgt_len, batch, embed_dim), out_proj_weight, out_proj_bias)
     if unbatched:
         output = output.squeeze(1)

@@ -20,6 +20,7 @@ decomposition into these ops (``xai.lrp.attention``). Inside a module that has a
 the rule replaces the module as a whole. timm's norm-act modules are merged at their ``F.batch_norm`` call.
 """
 import weakref
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from torch.overrides import TorchFunctionMode
 from xai.analyzer import Analyzer, check_output
 from xai.lrp.attention import DECOMPOSITIONS
 from xai.lrp.canonize import BATCH_NORM_TYPES, AffineLayer
-from xai.lrp.composites import ACTIVATION_TYPES, Composite, default_composite
+from xai.lrp.composites import ACTIVATION_TYPES, NORM_TYPES, Composite, default_composite
 from xai.errors import UnsupportedModelError
 from xai.lrp.functional import (ACTIVATION_OPS, GATE_OPS, GATE_TYPES, MODULE_FORMS, FunctionalCall, Kind, activations,
                                 canonical, classify, op_name, out_of_place)
@@ -48,22 +49,24 @@ class _LinearRelevance(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, output: LayerOutput, layer, rule, known: "_Rectifiable"):
+    def forward(ctx, x, output: LayerOutput, layer, rule, known: "_Rectifiable", remakes: "_Remakes"):
         boxed = rule.uses_output and rule.rectified_output_suffices
-        ctx.save_for_backward(x, output.tensor if rule.uses_output and not boxed else None)
+        kept, ctx.recipe = remakes.keep(x)
+        ctx.save_for_backward(output.tensor if rule.uses_output and not boxed else None, *kept)
         ctx.layer, ctx.rule, ctx.layer_output, ctx.known = layer, rule, output if boxed else None, known
         return output.tensor
 
     @staticmethod
     def backward(ctx, relevance):
-        x, output = ctx.saved_tensors
+        output, *kept = ctx.saved_tensors
+        x, ctx.recipe = _remade(kept, ctx.recipe), None  # attributes would live as long as the graph
         layer_output, ctx.layer_output = ctx.layer_output, None  # attributes would live as long as the graph
         if layer_output is not None:
             ctx.known.annotate(layer_output, x, relevance)
         result = ctx.rule.relevance(ctx.layer, x, layer_output if layer_output is not None else output, relevance)
         if ctx.rule.relevance_vanishes_with_input:
             ctx.known.vanishes_where_zero(result, x)
-        return result, None, None, None, None
+        return result, None, None, None, None, None
 
 
 class _ModuleRelevance(torch.autograd.Function):
@@ -118,54 +121,127 @@ class _ProductRelevance(torch.autograd.Function):
 
 
 class _MatmulRelevance(torch.autograd.Function):
-    """An op linear in each of its activation factors (a matmul, ``F.linear``). Forward: the op's output, computed
-    once, with the graph from detached copies of the factors. Backward: the rule's relevance at the factors from the
-    vector-Jacobian products J_i^T (R / stab(z)) of that graph (``UniformRule.split``)."""
+    """An op linear in each of its activation factors (a matmul, ``F.linear``). Forward: the op's output; only the
+    factors are kept, as autograd keeps them for a gradient. Backward: the output recomputed with its graph (one more
+    matmul, where keeping it would hold every attention's scores and projections until the backward pass), then the
+    rule's relevance at the factors from the vector-Jacobian products J_i^T (R / stab(z)) (``UniformRule.split``)."""
 
     @staticmethod
-    def forward(ctx, rule: UniformRule, call, n: int, *factors):
-        with torch.enable_grad():
-            leaves = [f.detach().requires_grad_(True) for f in factors]
-            output = call(*leaves)
-        ctx.rule, ctx.output, ctx.leaves, ctx.n = rule, output, leaves, n
-        return output.detach()
+    def forward(ctx, rule: UniformRule, call, n: int, remakes: "_Remakes", *factors):
+        kept = [remakes.keep(f) for f in factors]
+        ctx.save_for_backward(*(t for tensors, _ in kept for t in tensors))
+        ctx.recipes = [(len(tensors), recipe) for tensors, recipe in kept]
+        ctx.rule, ctx.call, ctx.n = rule, call, n
+        return call(*factors)
 
     @staticmethod
     def backward(ctx, relevance):
-        output, leaves, ctx.output, ctx.leaves = ctx.output, ctx.leaves, None, None
+        call, ctx.call = ctx.call, None  # it holds the op's other arguments
+        saved = iter(ctx.saved_tensors)
+        factors = [_remade([next(saved) for _ in range(count)], recipe) for count, recipe in ctx.recipes]
+        ctx.recipes = None
+        with torch.enable_grad():
+            leaves = [f.detach().requires_grad_(True) for f in factors]
+            output = call(*leaves)
         share = relevance / ctx.rule.modify_denominator(output.detach())
         vjps = torch.autograd.grad(output, leaves, share)
-        return (None, None, None, *ctx.rule.split(tuple(leaf.detach() for leaf in leaves), vjps, ctx.n))
+        del output
+        return (None, None, None, None, *ctx.rule.split(tuple(leaf.detach() for leaf in leaves), vjps, ctx.n))
 
 
 class _SoftmaxRelevance(torch.autograd.Function):
     """softmax(x) along ``dim`` (computed already, ``output``) whose backward is the softmax rule."""
 
     @staticmethod
-    def forward(ctx, x, output, dim: int, rule: SoftmaxRule):
-        ctx.save_for_backward(x, output)
+    def forward(ctx, x, output, dim: int, rule: SoftmaxRule, remakes: "_Remakes"):
+        kept, ctx.recipe = remakes.keep(x)
+        ctx.save_for_backward(output, *kept)
         ctx.dim, ctx.rule = dim, rule
         return output
 
     @staticmethod
     def backward(ctx, relevance):
-        x, output = ctx.saved_tensors
-        return ctx.rule.redistribute(x, output, relevance, ctx.dim).to(x.dtype), None, None, None
+        output, *kept = ctx.saved_tensors
+        x, ctx.recipe = _remade(kept, ctx.recipe), None
+        return ctx.rule.redistribute(x, output, relevance, ctx.dim).to(x.dtype), None, None, None, None
+
+
+# Ops whose output a rule may remake from their input (``_Remakes``): deterministic, as large as their input, and
+# cheap against a matrix product. Not the ReLU, whose outputs ``_Rectifiable`` already shares with the layer before.
+REMAKEABLE_TYPES = tuple(t for t in ACTIVATION_TYPES if t not in (nn.ReLU, nn.RReLU)) + NORM_TYPES
+REMAKEABLE_OPS = (ACTIVATION_OPS - {"relu"}) | {"layer_norm", "group_norm", "rms_norm"}
+
+
+class _Recipe:
+    """How to remake a tensor in the backward pass from the inputs of the cheap op that made it (``_Remakes``):
+    the op, and where in its output the tensor lies."""
+
+    def __init__(self, call, view: tuple):
+        self.call, self.view = call, view
+
+    def remake(self, inputs) -> Tensor:
+        with torch.no_grad():
+            return self.call(*inputs).as_strided(*self.view)
+
+
+def _remade(kept: tuple, recipe: "_Recipe | None") -> Tensor:
+    return kept[0] if recipe is None else recipe.remake(kept)
+
+
+class _Remakes:
+    """Outputs of cheap deterministic ops (element-wise activations, LayerNorms, products of two activations such as
+    attention scores) during one LRP pass, with the inputs they were made from. A rule that needs such an output in
+    the backward pass keeps the inputs, which their own rules keep anyway, and remakes the output (bitwise the same:
+    the same op on the same tensors), instead of holding an activation-sized copy until then: in a ViT block the
+    normalised tokens, the GELU's output and the attention scores.
+
+    Outputs are recognised by their storage while they are alive (weak references), so views (reshapes,
+    transposes, chunks) are recognised too and remade as the same view. Their inputs are held only while they are.
+    """
+
+    def __init__(self):
+        self._recipes: dict[int, tuple[weakref.ref, tuple, object]] = {}  # storage address -> recipe
+
+    def add(self, output: Tensor, inputs: tuple, call) -> None:
+        address = output.untyped_storage().data_ptr()
+
+        def forget(ref):
+            if self._recipes.get(address, (None,))[0] is ref:
+                del self._recipes[address]
+
+        self._recipes[address] = (weakref.ref(output, forget), inputs, call)
+
+    def is_input(self, tensor: Tensor) -> bool:
+        """Whether a recorded op read ``tensor``, so that changing it in place would falsify the remade output."""
+        return any(t is tensor for _, inputs, _ in self._recipes.values() for t in inputs)
+
+    def keep(self, tensor: Tensor) -> tuple[tuple[Tensor, ...], _Recipe | None]:
+        """What a rule saves for ``tensor``: the inputs of its op and the recipe, or the tensor itself and None."""
+        ref, inputs, call = self._recipes.get(tensor.untyped_storage().data_ptr(), (None, (), None))
+        output = ref and ref()
+        if output is None:
+            return (tensor,), None
+        return inputs, _Recipe(call, (tensor.size(), tensor.stride(), tensor.storage_offset() - output.storage_offset()))
+
+    def forward_done(self) -> None:
+        self._recipes.clear()
 
 
 def _call_with(func, args: tuple, kwargs: dict, factors: list[Tensor]):
     """``func`` with the other arguments bound: called with one tensor per factor, in their place."""
     def call(*leaves):
         swap = {id(f): leaf for f, leaf in zip(factors, leaves)}
-
-        def put(a):
-            if isinstance(a, (list, tuple)):
-                return type(a)(put(t) for t in a)
-            return swap.get(id(a), a) if isinstance(a, Tensor) else a
-
-        return func(*put(args), **{k: put(v) for k, v in kwargs.items()})
+        return func(*_swapped(args, swap), **{k: _swapped(v, swap) for k, v in kwargs.items()})
 
     return call
+
+
+def _swapped(a, swap: dict[int, Tensor]):
+    """``a`` with the tensors whose id is in ``swap`` replaced, also inside lists and tuples. (Not a closure: a
+    recursive closure is a reference cycle, which would hold the tensors until the garbage collector runs.)"""
+    if isinstance(a, (list, tuple)):
+        return type(a)(_swapped(t, swap) for t in a)
+    return swap.get(id(a), a) if isinstance(a, Tensor) else a
 
 
 class _RelevanceForward(TorchFunctionMode):
@@ -177,11 +253,12 @@ class _RelevanceForward(TorchFunctionMode):
     same. The exception: an in-place ReLU on a layer output that no rule keeps exactly stays in place
     (``_Rectifiable.relu_in_place``)."""
 
-    def __init__(self, stabilizer: float, rectifiable: "_Rectifiable", functional_rules: dict[str, Rule],
-                 composite: Composite):
+    def __init__(self, stabilizer: float, rectifiable: "_Rectifiable", remakes: _Remakes,
+                 functional_rules: dict[str, Rule], composite: Composite):
         super().__init__()
         self.stabilizer = stabilizer
         self.rectifiable = rectifiable
+        self.remakes = remakes
         self.functional_rules = functional_rules
         self.product_rule = composite.product_rule
         self.activation_product_rule = composite.activation_product_rule
@@ -219,13 +296,14 @@ class _RelevanceForward(TorchFunctionMode):
                 return self._rule(func, name, args, kwargs)
             if kind is Kind.ATTENTION and self.softmax_rule is not None:
                 with self:  # the decomposition's ops get their rules
-                    return DECOMPOSITIONS[name](*args, **kwargs)
+                    return DECOMPOSITIONS[name](*args, **kwargs,
+                                                constant_weights=isinstance(self.softmax_rule, ConstantRule))
             if kind is Kind.MATMUL and self.matmul_rule is not None:
                 carrying = activations(args, kwargs)
                 factors = list({id(a): a for a in carrying}.values())
                 op, op_kwargs = out_of_place(func, kwargs)
-                return _MatmulRelevance.apply(self.matmul_rule, _call_with(op, args, op_kwargs, factors),
-                                              len(carrying), *factors)
+                return self._matmul(self.matmul_rule, _call_with(op, args, op_kwargs, factors), len(carrying),
+                                    factors)
             if kind is Kind.SOFTMAX and name == "softmax" and self.softmax_rule is not None:
                 return self._softmax(func, args, kwargs)
             if kind is Kind.SUM:
@@ -261,6 +339,8 @@ class _RelevanceForward(TorchFunctionMode):
         if name == "relu":
             self.rectifiable.rectified(x, output)
         result = _ModuleRelevance.apply(x, output, call, rule)
+        if name in REMAKEABLE_OPS:
+            self.remakes.add(result, (x,), call.forward)
         if name in ACTIVATION_OPS:
             self.add_output(result, gate=name in GATE_OPS)
         return result
@@ -274,7 +354,15 @@ class _RelevanceForward(TorchFunctionMode):
         x = args[0]
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         dim = F._get_softmax_dim("softmax", x.dim(), 3) if dim is None else dim
-        return _SoftmaxRelevance.apply(x, output, dim, self.softmax_rule)
+        return _SoftmaxRelevance.apply(x, output, dim, self.softmax_rule, self.remakes)
+
+    def _matmul(self, rule: UniformRule, call, n: int, factors: list[Tensor]) -> Tensor:
+        """A matmul or product with the uniform rule; a product of two activations (attention's scores and weighted
+        values) is cheap to remake from them."""
+        result = _MatmulRelevance.apply(rule, call, n, self.remakes, *factors)
+        if n == 2:
+            self.remakes.add(result, tuple(factors), call)
+        return result
 
     def _product(self, func, args: tuple, kwargs: dict, kind: Kind) -> Tensor:
         """An activation times a constant (its relevance kept), or times a gate (the composite's product rule)."""
@@ -288,8 +376,7 @@ class _RelevanceForward(TorchFunctionMode):
         elif isinstance(self.activation_product_rule, UniformRule):  # half to each factor (AttnLRP)
             op, op_kwargs = out_of_place(func, kwargs)
             factors = list({id(a): a for a in args}.values())
-            return _MatmulRelevance.apply(self.activation_product_rule, _call_with(op, args, op_kwargs, factors), 2,
-                                          *factors)
+            return self._matmul(self.activation_product_rule, _call_with(op, args, op_kwargs, factors), 2, factors)
         elif self.activation_product_rule is not None and self._is_activated(first) != self._is_activated(second):
             value, gate, rule = (first, second, self.activation_product_rule) if self._is_activated(second) else \
                 (second, first, self.activation_product_rule)  # the activation's output is the gate (CP-LRP)
@@ -426,8 +513,10 @@ class LRP(Analyzer):
         # an in-place activation would overwrite tensors the rules keep (ReLUs: decided per call, see _Rectifiable)
         inplace = [m for m in self.model.modules()
                    if getattr(m, "inplace", False) is True and not isinstance(m, nn.ReLU)]
-        rectifiable = _Rectifiable()
-        mode = _RelevanceForward(self.composite.stabilizer, rectifiable, self.functional_rules(), self.composite)
+        remakes = _Remakes()
+        rectifiable = _Rectifiable(remakes)
+        mode = _RelevanceForward(self.composite.stabilizer, rectifiable, remakes, self.functional_rules(),
+                                 self.composite)
         handles = []
         try:
             for m in inplace:
@@ -437,6 +526,7 @@ class LRP(Analyzer):
             with torch.enable_grad(), mode:
                 output = self.model(x)
             rectifiable.forward_done()
+            remakes.forward_done()
         finally:
             for h in handles:
                 h.remove()
@@ -460,7 +550,8 @@ class _Rectifiable:
     starting at the same address are views of one storage.
     """
 
-    def __init__(self):
+    def __init__(self, remakes: _Remakes):
+        self.remakes = remakes
         self._waiting: dict[int, tuple[weakref.ref, LayerOutput]] = {}
         self._unkept: dict[int, weakref.ref] = {}  # outputs whose rule keeps nothing of them
         self._rectified: dict[int, weakref.ref] = {}  # data_ptr -> a rectified output
@@ -469,7 +560,7 @@ class _Rectifiable:
 
     def relevance(self, x: Tensor, output: Tensor, layer: AffineLayer, rule: LinearRule) -> Tensor:
         layer_output = LayerOutput(output)
-        result = _LinearRelevance.apply(x, layer_output, layer, rule, self)
+        result = _LinearRelevance.apply(x, layer_output, layer, rule, self, self.remakes)
         if rule.uses_output and rule.rectified_output_suffices:
             self._waiting[id(result)] = (weakref.ref(result), layer_output)
         elif not rule.uses_output:
@@ -499,7 +590,7 @@ class _Rectifiable:
         With the Pass rule (a ReLU module's, or a functional ReLU's) it runs outside autograd (the rule replaces
         the ReLU's gradient); without a rule (inside a module explained as a whole) through autograd.
         """
-        if rule is not None and not isinstance(rule, PassRule):
+        if rule is not None and not isinstance(rule, PassRule) or self.remakes.is_input(tensor):
             return False
         layer_output = self._pop(tensor)
         ref = self._unkept.pop(id(tensor), None)
@@ -584,10 +675,23 @@ def _norm_act_hooks(norm_act: nn.Module, mode: _RelevanceForward,
     return handles + [norm_act.register_forward_pre_hook(pre_hook), norm_act.register_forward_hook(hook)]
 
 
+def _out_of_place_forward(module: nn.Module, x: Tensor) -> Tensor:
+    """``module.forward(x)`` without hooks and never in place (``inplace=True`` is restored after the LRP forward
+    pass, the remakes run in the backward pass)."""
+    if getattr(module, "inplace", False) is not True:
+        return module.forward(x)
+    module.inplace = False
+    try:
+        return module.forward(x)
+    finally:
+        module.inplace = True
+
+
 def _module_hooks(module: nn.Module, rule: Rule, rectifiable: _Rectifiable, mode: _RelevanceForward) -> list:
     """The rule replaces the module as a whole: nothing inside it is intercepted (``opaque_depth``)."""
     is_relu = isinstance(module, nn.ReLU)
     is_gate, is_activation = isinstance(module, GATE_TYPES), isinstance(module, ACTIVATION_TYPES)
+    remakeable = isinstance(module, REMAKEABLE_TYPES) and not is_relu
 
     def pre_hook(module, args):
         mode.opaque_depth += 1
@@ -600,6 +704,8 @@ def _module_hooks(module: nn.Module, rule: Rule, rectifiable: _Rectifiable, mode
             rectifiable.relu_rule = None
             rectifiable.rectified(args[0], output.detach())
         result = _ModuleRelevance.apply(args[0], output.detach(), module, rule)
+        if remakeable:
+            mode.remakes.add(result, (args[0],), partial(_out_of_place_forward, module))
         if is_activation or is_gate:
             mode.add_output(result, gate=is_gate)
         return result
