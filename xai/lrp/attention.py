@@ -32,16 +32,33 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return F.linear(x.reshape(-1, x.shape[-1]), weight, bias).reshape(x.shape[:-1] + (weight.shape[0],))
 
 
+def _weights(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    scores = torch.matmul(query * scale, key.transpose(-2, -1))
+    return torch.softmax(scores if mask is None else scores + mask, dim=-1)
+
+
+#: How the engine multiplies constant attention weights with the values (CP-LRP): called with a function of the
+#: values that computes the weights and the product, and the values; it may call the function again later.
+ConstantProduct = Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]
+
+
 def _attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, dropout_p: float,
-               scale: float | None, constant_weights: bool) -> tuple[Tensor, Tensor]:
+               scale: float | None, constant_weights: ConstantProduct | None, need_weights: bool
+               ) -> tuple[Tensor, Tensor | None]:
     """softmax(query key^T * scale + mask) value, and the attention weights; ``mask`` additive. With
-    ``constant_weights`` (CP-LRP) the weights are computed outside autograd: no relevance flows through them."""
+    ``constant_weights`` (CP-LRP) no relevance flows through the weights: they are computed outside autograd, from
+    query and key, by the function handed to ``constant_weights``, so that the weights need not be kept for the
+    backward pass (query and key share their storage with the values, which are kept anyway)."""
     scale = query.shape[-1] ** -0.5 if scale is None else scale
-    with torch.no_grad() if constant_weights else nullcontext():
-        scores = torch.matmul(query * scale, key.transpose(-2, -1))
-        if mask is not None:
-            scores = scores + mask
-        weights = torch.softmax(scores, dim=-1)
+    if constant_weights is not None and dropout_p == 0:
+        query, key = query.detach(), key.detach()
+        output = constant_weights(lambda v: torch.matmul(_weights(query, key, mask, scale), v), value)
+        if not need_weights:
+            return output, None
+        with torch.no_grad():
+            return output, _weights(query, key, mask, scale)
+    with torch.no_grad() if constant_weights is not None else nullcontext():
+        weights = _weights(query, key, mask, scale)
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
     return torch.matmul(weights, value), weights
@@ -49,12 +66,12 @@ def _attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, d
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
                                  dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-                                 enable_gqa: bool = False, *, constant_weights: bool = False) -> Tensor:
+                                 enable_gqa: bool = False, *, constant_weights: ConstantProduct | None = None) -> Tensor:
     """``F.scaled_dot_product_attention`` (a boolean ``attn_mask`` marks what may be attended to)."""
     if is_causal:
         attn_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
     mask = None if attn_mask is None else _additive(attn_mask, query.dtype, allowed_where_true=True)
-    return _attention(query, key, value, mask, dropout_p, scale, constant_weights)[0]
+    return _attention(query, key, value, mask, dropout_p, scale, constant_weights, need_weights=False)[0]
 
 
 def multi_head_attention_forward(
@@ -65,7 +82,7 @@ def multi_head_attention_forward(
         attn_mask: Tensor | None = None, use_separate_proj_weight: bool = False, q_proj_weight: Tensor | None = None,
         k_proj_weight: Tensor | None = None, v_proj_weight: Tensor | None = None, static_k: Tensor | None = None,
         static_v: Tensor | None = None, average_attn_weights: bool = True, is_causal: bool = False, *,
-        constant_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        constant_weights: ConstantProduct | None = None) -> tuple[Tensor, Tensor | None]:
     """``F.multi_head_attention_forward`` (sequence-first; ``True`` in a boolean mask marks what may not be
     attended to), without ``bias_k``/``bias_v``, ``add_zero_attn`` and static keys (``unsupported``)."""
     unbatched = query.dim() == 2
@@ -93,7 +110,8 @@ def multi_head_attention_forward(
     if key_padding_mask is not None:
         padding = _additive(key_padding_mask, q.dtype, allowed_where_true=False).reshape(batch, 1, 1, -1)
         mask = padding if mask is None else mask + padding
-    output, attention = _attention(q, k, v, mask, dropout_p if training else 0.0, None, constant_weights)
+    output, attention = _attention(q, k, v, mask, dropout_p if training else 0.0, None, constant_weights,
+                                   need_weights)
     output = _linear(output.permute(2, 0, 1, 3).reshape(tgt_len, batch, embed_dim), out_proj_weight, out_proj_bias)
     if unbatched:
         output = output.squeeze(1)
@@ -123,4 +141,4 @@ def unsupported(name: str, args: tuple, kwargs: dict) -> str | None:
     return None
 
 
-__all__ = ["DECOMPOSITIONS", "multi_head_attention_forward", "scaled_dot_product_attention", "unsupported"]
+__all__ = ["ConstantProduct", "DECOMPOSITIONS", "multi_head_attention_forward", "scaled_dot_product_attention", "unsupported"]

@@ -150,12 +150,14 @@ class _MatmulRelevance(torch.autograd.Function):
 
 
 class _SoftmaxRelevance(torch.autograd.Function):
-    """softmax(x) along ``dim`` (computed already, ``output``) whose backward is the softmax rule."""
+    """softmax(x) along ``dim`` (computed already, ``output``) whose backward is the softmax rule. Where x can be
+    remade (attention scores), so is the output, from it: neither is kept."""
 
     @staticmethod
-    def forward(ctx, x, output, dim: int, rule: SoftmaxRule, remakes: "_Remakes"):
+    def forward(ctx, x, output, dim: int, rule: SoftmaxRule, remakes: "_Remakes", softmax):
         kept, ctx.recipe = remakes.keep(x)
-        ctx.save_for_backward(output, *kept)
+        ctx.softmax = softmax if ctx.recipe is not None else None
+        ctx.save_for_backward(output if ctx.recipe is None else None, *kept)
         ctx.dim, ctx.rule = dim, rule
         return output
 
@@ -163,7 +165,10 @@ class _SoftmaxRelevance(torch.autograd.Function):
     def backward(ctx, relevance):
         output, *kept = ctx.saved_tensors
         x, ctx.recipe = _remade(kept, ctx.recipe), None
-        return ctx.rule.redistribute(x, output, relevance, ctx.dim).to(x.dtype), None, None, None, None
+        if output is None:
+            with torch.no_grad():
+                output = ctx.softmax(x)
+        return ctx.rule.redistribute(x, output, relevance, ctx.dim).to(x.dtype), None, None, None, None, None
 
 
 # Ops whose output a rule may remake from their input (``_Remakes``): deterministic, as large as their input, and
@@ -174,12 +179,15 @@ REMAKEABLE_OPS = (ACTIVATION_OPS - {"relu"}) | {"layer_norm", "group_norm", "rms
 
 class _Recipe:
     """How to remake a tensor in the backward pass from the inputs of the cheap op that made it (``_Remakes``):
-    the op, and where in its output the tensor lies."""
+    the op, where in its output the tensor lies, and for each input how many kept tensors it takes and its own
+    recipe (an input may be remade too)."""
 
-    def __init__(self, call, view: tuple):
-        self.call, self.view = call, view
+    def __init__(self, call, view: tuple, parts: list[tuple[int, "_Recipe | None"]]):
+        self.call, self.view, self.parts = call, view, parts
 
-    def remake(self, inputs) -> Tensor:
+    def remake(self, kept) -> Tensor:
+        kept = iter(kept)
+        inputs = [_remade([next(kept) for _ in range(count)], recipe) for count, recipe in self.parts]
         with torch.no_grad():
             return self.call(*inputs).as_strided(*self.view)
 
@@ -215,33 +223,57 @@ class _Remakes:
         """Whether a recorded op read ``tensor``, so that changing it in place would falsify the remade output."""
         return any(t is tensor for _, inputs, _ in self._recipes.values() for t in inputs)
 
-    def keep(self, tensor: Tensor) -> tuple[tuple[Tensor, ...], _Recipe | None]:
-        """What a rule saves for ``tensor``: the inputs of its op and the recipe, or the tensor itself and None."""
+    def keep(self, tensor: Tensor, depth: int = 3) -> tuple[tuple[Tensor, ...], _Recipe | None]:
+        """What a rule saves for ``tensor``: what its op's inputs need (up to ``depth`` ops back) and the recipe, or
+        the tensor itself and None."""
         ref, inputs, call = self._recipes.get(tensor.untyped_storage().data_ptr(), (None, (), None))
         output = ref and ref()
-        if output is None:
+        if output is None or depth == 0:
             return (tensor,), None
-        return inputs, _Recipe(call, (tensor.size(), tensor.stride(), tensor.storage_offset() - output.storage_offset()))
+        kept, parts = [], []
+        for t in inputs:
+            tensors, recipe = self.keep(t, depth - 1)
+            kept += tensors
+            parts.append((len(tensors), recipe))
+        view = (tensor.size(), tensor.stride(), tensor.storage_offset() - output.storage_offset())
+        return tuple(kept), _Recipe(call, view, parts)
 
     def forward_done(self) -> None:
         self._recipes.clear()
 
 
 def _call_with(func, args: tuple, kwargs: dict, factors: list[Tensor]):
-    """``func`` with the other arguments bound: called with one tensor per factor, in their place."""
+    """``func`` with the other arguments bound: called with one tensor per factor, in their place. The factors
+    themselves are not held (each is a ``_Slot``): a rule decides what of them to keep."""
+    slots = {id(f): _Slot(i) for i, f in enumerate(factors)}
+    args, kwargs = _with_slots(args, slots), {k: _with_slots(v, slots) for k, v in kwargs.items()}
+
     def call(*leaves):
-        swap = {id(f): leaf for f, leaf in zip(factors, leaves)}
-        return func(*_swapped(args, swap), **{k: _swapped(v, swap) for k, v in kwargs.items()})
+        return func(*_filled(args, leaves), **{k: _filled(v, leaves) for k, v in kwargs.items()})
 
     return call
 
 
-def _swapped(a, swap: dict[int, Tensor]):
-    """``a`` with the tensors whose id is in ``swap`` replaced, also inside lists and tuples. (Not a closure: a
-    recursive closure is a reference cycle, which would hold the tensors until the garbage collector runs.)"""
+class _Slot:
+    """The place of the ``index``-th factor among an op's arguments."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+
+def _with_slots(a, slots: dict[int, _Slot]):
+    """``a`` with the tensors whose id is in ``slots`` replaced by their slot, also inside lists and tuples. (Not a
+    closure: a recursive closure is a reference cycle, which would hold the tensors until the garbage collector
+    runs.)"""
     if isinstance(a, (list, tuple)):
-        return type(a)(_swapped(t, swap) for t in a)
-    return swap.get(id(a), a) if isinstance(a, Tensor) else a
+        return type(a)(_with_slots(t, slots) for t in a)
+    return slots.get(id(a), a) if isinstance(a, Tensor) else a
+
+
+def _filled(a, leaves: tuple):
+    if isinstance(a, (list, tuple)):
+        return type(a)(_filled(t, leaves) for t in a)
+    return leaves[a.index] if isinstance(a, _Slot) else a
 
 
 class _RelevanceForward(TorchFunctionMode):
@@ -296,8 +328,8 @@ class _RelevanceForward(TorchFunctionMode):
                 return self._rule(func, name, args, kwargs)
             if kind is Kind.ATTENTION and self.softmax_rule is not None:
                 with self:  # the decomposition's ops get their rules
-                    return DECOMPOSITIONS[name](*args, **kwargs,
-                                                constant_weights=isinstance(self.softmax_rule, ConstantRule))
+                    constant = self._constant_weights if isinstance(self.softmax_rule, ConstantRule) else None
+                    return DECOMPOSITIONS[name](*args, **kwargs, constant_weights=constant)
             if kind is Kind.MATMUL and self.matmul_rule is not None:
                 carrying = activations(args, kwargs)
                 factors = list({id(a): a for a in carrying}.values())
@@ -354,7 +386,17 @@ class _RelevanceForward(TorchFunctionMode):
         x = args[0]
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         dim = F._get_softmax_dim("softmax", x.dim(), 3) if dim is None else dim
-        return _SoftmaxRelevance.apply(x, output, dim, self.softmax_rule, self.remakes)
+        softmax = FunctionalCall(func, args, kwargs).forward
+        result = _SoftmaxRelevance.apply(x, output, dim, self.softmax_rule, self.remakes, softmax)
+        self.remakes.add(result, (x,), softmax)
+        return result
+
+    def _constant_weights(self, weighted, value: Tensor) -> Tensor:
+        """CP-LRP's weights @ values (``xai.lrp.attention.ConstantProduct``): relevance flows to the values only, and
+        the backward pass recomputes the weights inside ``weighted`` instead of keeping them."""
+        if not value.requires_grad:
+            return weighted(value)
+        return self._matmul(self.matmul_rule, weighted, 1, [value])
 
     def _matmul(self, rule: UniformRule, call, n: int, factors: list[Tensor]) -> Tensor:
         """A matmul or product with the uniform rule; a product of two activations (attention's scores and weighted

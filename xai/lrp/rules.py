@@ -30,6 +30,12 @@ def signed_epsilon(z: Tensor, epsilon: float) -> Tensor:
     return torch.sign(z).add_(0.5).sign_().mul_(epsilon)
 
 
+def _is_temporary(result: Tensor, source: Tensor) -> bool:
+    """Whether ``result``, computed from ``source``, is a new tensor of its own (not ``source`` or a view of it)."""
+    return result.untyped_storage().data_ptr() != source.untyped_storage().data_ptr() and \
+        result.shape == source.shape and result.is_contiguous()
+
+
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """Zennit's stabilizer: move z away from 0 by epsilon, keeping its sign (0 becomes +epsilon)."""
     return signed_epsilon(z, epsilon).add_(z)
@@ -326,7 +332,11 @@ class EpsilonRule(LinearRule):
 
     def relevance(self, layer, x, z, relevance):
         weight, _ = layer.params
-        return layer.transpose(relevance / self.modify_denominator(z), weight, x).mul_(x)
+        denominator = self.modify_denominator(z)
+        # a temporary, as a rule's hook returns it, takes the share: one activation-sized allocation less
+        share = torch.div(relevance, denominator, out=denominator) if _is_temporary(denominator, z) else \
+            relevance / denominator
+        return layer.transpose(share, weight, x).mul_(x)
 
 
 class ZeroRule(EpsilonRule):
