@@ -124,29 +124,41 @@ class _MatmulRelevance(torch.autograd.Function):
     """An op linear in each of its activation factors (a matmul, ``F.linear``). Forward: the op's output; only the
     factors are kept, as autograd keeps them for a gradient. Backward: the output recomputed with its graph (one more
     matmul, where keeping it would hold every attention's scores and projections until the backward pass), then the
-    rule's relevance at the factors from the vector-Jacobian products J_i^T (R / stab(z)) (``UniformRule.split``)."""
+    rule's relevance at the factors from the vector-Jacobian products J_i^T (R / stab(z)) (``UniformRule.split``).
+    Given ``transpose`` (``F.linear`` with constant weights: attention's projections), the output is kept instead,
+    as attention keeps it anyway, and J^T s = ``transpose(s)``: no recomputation."""
 
     @staticmethod
-    def forward(ctx, rule: UniformRule, call, n: int, remakes: "_Remakes", *factors):
+    def forward(ctx, rule: UniformRule, call, n: int, remakes: "_Remakes", transpose, *factors):
         kept = [remakes.keep(f) for f in factors]
-        ctx.save_for_backward(*(t for tensors, _ in kept for t in tensors))
+        output = call(*factors)
+        ctx.save_for_backward(output if transpose is not None else None, *(t for tensors, _ in kept for t in tensors))
         ctx.recipes = [(len(tensors), recipe) for tensors, recipe in kept]
-        ctx.rule, ctx.call, ctx.n = rule, call, n
-        return call(*factors)
+        ctx.rule, ctx.call, ctx.n, ctx.transpose = rule, call, n, transpose
+        return output
 
     @staticmethod
     def backward(ctx, relevance):
-        call, ctx.call = ctx.call, None  # it holds the op's other arguments
-        saved = iter(ctx.saved_tensors)
+        call, transpose, ctx.call, ctx.transpose = ctx.call, ctx.transpose, None, None  # they hold other arguments
+        output, *saved = ctx.saved_tensors
+        saved = iter(saved)
         factors = [_remade([next(saved) for _ in range(count)], recipe) for count, recipe in ctx.recipes]
         ctx.recipes = None
+        if transpose is not None:
+            vjps = (transpose(relevance / ctx.rule.modify_denominator(output)),)
+            return (None,) * 5 + tuple(ctx.rule.split(tuple(factors), vjps, ctx.n))
         with torch.enable_grad():
             leaves = [f.detach().requires_grad_(True) for f in factors]
             output = call(*leaves)
         share = relevance / ctx.rule.modify_denominator(output.detach())
         vjps = torch.autograd.grad(output, leaves, share)
         del output
-        return (None, None, None, None, *ctx.rule.split(tuple(leaf.detach() for leaf in leaves), vjps, ctx.n))
+        return (None,) * 5 + tuple(ctx.rule.split(tuple(leaf.detach() for leaf in leaves), vjps, ctx.n))
+
+
+def _linear_transpose(share: Tensor, weight: Tensor) -> Tensor:
+    """J^T share of F.linear(x, weight, bias) at x."""
+    return share.matmul(weight)
 
 
 class _SoftmaxRelevance(torch.autograd.Function):
@@ -334,8 +346,11 @@ class _RelevanceForward(TorchFunctionMode):
                 carrying = activations(args, kwargs)
                 factors = list({id(a): a for a in carrying}.values())
                 op, op_kwargs = out_of_place(func, kwargs)
+                weight = args[1] if len(args) > 1 else kwargs.get("weight")
+                transpose = partial(_linear_transpose, weight=weight) if name == "linear" and \
+                    len(factors) == 1 and factors[0] is args[0] else None
                 return self._matmul(self.matmul_rule, _call_with(op, args, op_kwargs, factors), len(carrying),
-                                    factors)
+                                    factors, transpose)
             if kind is Kind.SOFTMAX and name == "softmax" and self.softmax_rule is not None:
                 return self._softmax(func, args, kwargs)
             if kind is Kind.SUM:
@@ -398,10 +413,10 @@ class _RelevanceForward(TorchFunctionMode):
             return weighted(value)
         return self._matmul(self.matmul_rule, weighted, 1, [value])
 
-    def _matmul(self, rule: UniformRule, call, n: int, factors: list[Tensor]) -> Tensor:
+    def _matmul(self, rule: UniformRule, call, n: int, factors: list[Tensor], transpose=None) -> Tensor:
         """A matmul or product with the uniform rule; a product of two activations (attention's scores and weighted
         values) is cheap to remake from them."""
-        result = _MatmulRelevance.apply(rule, call, n, self.remakes, *factors)
+        result = _MatmulRelevance.apply(rule, call, n, self.remakes, transpose, *factors)
         if n == 2:
             self.remakes.add(result, tuple(factors), call)
         return result
