@@ -4,16 +4,32 @@ from typing import Mapping, Optional
 
 import pandas as pd
 
+from evaluation.complexity import Complexity, Sparseness
+from evaluation.deletion_insertion import Deletion, Insertion
+from evaluation.faithfulness_correlation import FaithfulnessCorrelation
+from evaluation.infidelity import Infidelity
+from evaluation.localisation import (AttributionLocalisation, PointingGame, RelevanceMassAccuracy,
+                                     RelevanceRankAccuracy)
+from evaluation.randomisation import ModelParameterRandomisation, RandomLogit
+from evaluation.road import ROAD
+from evaluation.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
+from evaluation.symmetric_relevance_gain import SymmetricRelevanceGain
+
+
+#: The metrics that declare their direction (``higher_is_better``), by class name.
+DIRECTED_METRICS: dict[str, type] = {metric.__name__: metric for metric in (
+    AttributionLocalisation, AvgSensitivity, Complexity, Deletion, FaithfulnessCorrelation, Infidelity, Insertion,
+    LocalLipschitzEstimate, MaxSensitivity, ModelParameterRandomisation, PointingGame, RandomLogit,
+    RelevanceMassAccuracy, RelevanceRankAccuracy, ROAD, Sparseness, SymmetricRelevanceGain)}
+
 
 def metric_direction(name: str) -> bool:
     """Whether a higher score is better, as the metric class of that name in ``evaluation`` declares."""
-    import evaluation
-
-    metric = getattr(evaluation, name, None)
-    if not hasattr(metric, "higher_is_better"):
-        known = sorted(n for n in evaluation.__all__ if hasattr(getattr(evaluation, n), "higher_is_better"))
-        raise ValueError(f"{name!r} is not a metric of evaluation with a declared direction ({', '.join(known)}); "
-                         "pass directions={name: True (higher is better) or False}")
+    metric = DIRECTED_METRICS.get(name)
+    if metric is None:
+        raise ValueError(f"{name!r} is not a metric of evaluation with a declared direction "
+                         f"({', '.join(sorted(DIRECTED_METRICS))}); pass directions={{name: True (higher is better) "
+                         "or False}")
     return bool(metric.higher_is_better)
 
 

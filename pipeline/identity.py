@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import ModelKind
 
 if TYPE_CHECKING:
     from pipeline.registry import MlflowModel
@@ -26,6 +25,12 @@ REPO = Path(__file__).resolve().parent.parent
 #: The folders whose code computes results: a change to them (committed or not) is a new code version.
 CODE_DIRS = ("xai", "evaluation", "pipeline", "conf")
 BUNDLED_CHECKPOINT = REPO / "pipeline" / "digits_cnn.pt"
+
+
+def _kind(model: DictConfig) -> str:
+    """The model's kind as its name: a ``ModelKind`` in a validated config, a string in a plain one. (Read by value,
+    so that this module does not import ``pipeline.config``, whose resolvers use it.)"""
+    return getattr(model.kind, "value", model.kind)
 
 
 def _git(*args: str) -> str | None:
@@ -82,7 +87,7 @@ def checkpoint_sha256(model: DictConfig) -> str:
         return "none"
     if model.checkpoint:
         return file_sha256(model.checkpoint)
-    if model.kind != ModelKind.bundled:
+    if _kind(model) != "bundled":
         return "none"  # torchvision weights: by name
     from pipeline.bundled import BUNDLED_MODELS
 
@@ -123,7 +128,7 @@ def _folder_digest(root: Path) -> str:
 def input_identity(cfg: DictConfig, registered: "MlflowModel | None" = None) -> dict[str, str]:
     """The parts of a run's identity that are not its config (for a model from MLflow: the version its URI names
     now, ``registered`` when the caller resolved it already, else asked from the server)."""
-    if cfg.model.kind == ModelKind.mlflow:
+    if _kind(cfg.model) == "mlflow":
         from pipeline.registry import resolve
         from pipeline.store import resolve_tracking_uri
 
