@@ -10,21 +10,14 @@ its absolute value taken; a = |A| / max |A| flattened over channels and pixels, 
 
 All samples at once on the attribution's device.
 """
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from evaluation.ordering import sorted_rows
-from evaluation.similarity import normalise_by_max
+from evaluation.common.ordering import sorted_rows
+from evaluation.common.result import MetricResult
+from evaluation.common.similarity import normalise_by_max
 from xai.targets import Target
-
-
-@dataclass(frozen=True)
-class MetricResult:
-    """``scores`` (N,): one score per sample."""
-
-    scores: Tensor
 
 
 def _magnitudes(attribution: Tensor) -> Tensor:

@@ -15,8 +15,8 @@ batch's largest |r| changes none of them (beyond AttributionLocalisation's 1e-9)
 import torch
 from torch import Tensor, nn
 
-from evaluation.complexity import MetricResult
-from evaluation.ordering import sorted_rows
+from evaluation.common.ordering import sorted_rows
+from evaluation.common.result import MetricResult
 from xai.targets import Target
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from evaluation.perturbation_metric import check_attribution
+from evaluation.common.inputs import check_attribution
 from xai.analyzer import Analyzer, check_input, predict
 from xai.model_guard import borrowed, model_device
 from xai.targets import Target

@@ -14,10 +14,10 @@
   ``np.random.RandomState(seed).randint(0, num_classes - 1, N)`` (Quantus draws them per batch, ours once for all
   N: equal when N <= Quantus's batch_size).
 
-sim is Spearman's rank correlation or SSIM on the flattened attributions (``evaluation.similarity``). Lower is
+sim is Spearman's rank correlation or SSIM on the flattened attributions (``evaluation.common.similarity``). Lower is
 better for both (an explanation that ignores the model or the class scores 1), as Quantus declares.
 
-The explainer (``evaluation.explainer``) is an ``xai.Analyzer`` or a callable ``(model, x, target) ->
+The explainer (``evaluation.common.explainer``) is an ``xai.Analyzer`` or a callable ``(model, x, target) ->
 attribution``. ``ModelParameterRandomisation`` randomises a deep copy: an analyzer is deep-copied together with
 its model (so modules it holds, such as GradCAM's layer, are the copy's), a callable is given the copy. The
 user's model and analyzer are never changed.
@@ -29,11 +29,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from evaluation.complexity import MetricResult
-from evaluation.explainer import (
+from evaluation.common.result import MetricResult
+from evaluation.common.explainer import (
     Explainer, check_explainer, check_seed, checked_inputs, explain_in_chunks, explainer_on_copy,
 )
-from evaluation.similarity import normalise_by_max, similarity_function
+from evaluation.common.similarity import normalise_by_max, similarity_function
 from xai.analyzer import predict
 from xai.batched_gradients import check_batch_size
 from xai.model_guard import borrowed

@@ -5,15 +5,12 @@ from typing import Mapping, Optional
 import pandas as pd
 
 from evaluation.complexity import Complexity, Sparseness
-from evaluation.deletion_insertion import Deletion, Insertion
-from evaluation.faithfulness_correlation import FaithfulnessCorrelation
-from evaluation.infidelity import Infidelity
+from evaluation.faithfulness import (ROAD, Deletion, FaithfulnessCorrelation, Infidelity, Insertion,
+                                     SymmetricRelevanceGain)
 from evaluation.localisation import (AttributionLocalisation, PointingGame, RelevanceMassAccuracy,
                                      RelevanceRankAccuracy)
 from evaluation.randomisation import ModelParameterRandomisation, RandomLogit
-from evaluation.road import ROAD
 from evaluation.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
-from evaluation.symmetric_relevance_gain import SymmetricRelevanceGain
 
 
 #: The metrics that declare their direction (``higher_is_better``), by class name.

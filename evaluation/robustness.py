@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from evaluation.complexity import MetricResult
-from evaluation.explainer import Explainer, check_explainer, check_seed, checked_inputs, chunks, explain
-from evaluation.similarity import normalise_by_max
+from evaluation.common.explainer import Explainer, check_explainer, check_seed, checked_inputs, chunks, explain
+from evaluation.common.result import MetricResult
+from evaluation.common.similarity import normalise_by_max
 from xai.analyzer import predict
 from xai.batched_gradients import check_batch_size
 from xai.model_guard import borrowed

@@ -50,8 +50,8 @@ from evaluation import (
     Insertion, LocalLipschitzEstimate, MaxSensitivity, ModelParameterRandomisation, PixelFlipping, PointingGame,
     RandomLogit, RelevanceMassAccuracy, RelevanceRankAccuracy, Sparseness,
 )
+from evaluation.common.ordering import flip_step, step_of_rank
 from evaluation.quantus_adapter import explain_func_for
-from evaluation.ordering import flip_step, step_of_rank
 from pipeline.bundled import digits_localisation_split, digits_split, load_default_model
 from xai import Gradient
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from evaluation import (ROAD, Deletion, FaithfulnessCorrelation, Infidelity, Insertion, PixelFlipping,
                         noisy_linear_imputation)
-from evaluation.perturbation_curve import target_score
+from evaluation.faithfulness.perturbation_curve import target_score
 
 RELATIVE = 1e-5
 
@@ -197,7 +197,7 @@ def test_deletion_and_insertion_curves(digits_model_f64, digits):
     assert torch.equal(deletion.curve.curve, flipping.curve) and torch.equal(deletion.scores, flipping.auc)
 
     insertion = Insertion(pixels_in_step=64, blur_sigma=2.0, progress=False)(digits_model_f64, x, attribution, labels)
-    from evaluation.baselines import gaussian_blur
+    from evaluation.faithfulness.baselines import gaussian_blur
 
     with torch.no_grad():
         on_x = target_score(digits_model_f64(x), labels, True)

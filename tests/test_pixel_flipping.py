@@ -11,9 +11,9 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-import evaluation.perturbation_curve
+import evaluation.faithfulness.perturbation_curve
 from evaluation import PixelFlipping, SymmetricRelevanceGain, make_baseline
-from evaluation.ordering import stable_argsort
+from evaluation.common.ordering import stable_argsort
 
 ATOL = 1e-5
 
@@ -281,7 +281,7 @@ def test_softmax_over_several_groups_of_logits_gives_the_same_curves(digits_case
     model, x, attribution, labels = digits_case
     metric = SymmetricRelevanceGain(PixelFlipping(features_in_step=256, batch_size=5, progress=False))
     together = metric(model, x, attribution, labels)
-    monkeypatch.setattr(evaluation.perturbation_curve, "LOGITS_KEPT", 1)  # one softmax per forward pass
+    monkeypatch.setattr(evaluation.faithfulness.perturbation_curve, "LOGITS_KEPT", 1)  # one softmax per forward pass
     apart = metric(model, x, attribution, labels)
     assert torch.equal(apart.morf.curve, together.morf.curve) and torch.equal(apart.lerf.curve, together.lerf.curve)
 

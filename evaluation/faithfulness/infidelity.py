@@ -19,10 +19,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from evaluation.baselines import cpu_generator
-from evaluation.complexity import MetricResult
-from evaluation.perturbation_metric import check_metric_inputs
-from evaluation.perturbed_scores import perturbed_scores
+from evaluation.common.inputs import check_metric_inputs
+from evaluation.common.result import MetricResult
+from evaluation.faithfulness.baselines import cpu_generator
+from evaluation.faithfulness.perturbed_scores import perturbed_scores
 from xai.batched_gradients import check_batch_size
 from xai.model_guard import model_device
 from xai.targets import Target

@@ -1,5 +1,5 @@
 """ROAD, RemOve And Debias (Rong, Leemann et al. 2022): remove pixels by relevance and impute them from their
-neighbours (``evaluation.imputation``), so that the removal itself leaks no shape the model could read.
+neighbours (``evaluation.faithfulness.imputation``), so that the removal itself leaks no shape the model could read.
 
 Pixels are ranked by the attribution summed over channels (ties: lower index first). For each fraction p in
 ``percentages`` the floor(p * H * W) most (MoRF) or least (LeRF) relevant pixels are removed from the original
@@ -23,14 +23,14 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from evaluation.baselines import cpu_generator
-from evaluation.complexity import MetricResult
-from evaluation.imputation import noisy_linear_imputation
-from evaluation.ordering import flip_step
-from evaluation.perturbation_curve import PerturbationResult
-from evaluation.perturbation_metric import check_metric_inputs
-from evaluation.perturbed_scores import perturbed_scores
-from evaluation.scores import symmetric_relevance_gain
+from evaluation.common.inputs import check_metric_inputs
+from evaluation.common.ordering import flip_step
+from evaluation.common.result import MetricResult
+from evaluation.faithfulness.baselines import cpu_generator
+from evaluation.faithfulness.imputation import noisy_linear_imputation
+from evaluation.faithfulness.perturbation_curve import PerturbationResult
+from evaluation.faithfulness.perturbed_scores import perturbed_scores
+from evaluation.faithfulness.scores import symmetric_relevance_gain
 from xai.batched_gradients import check_batch_size
 from xai.model_guard import model_device
 from xai.targets import Target

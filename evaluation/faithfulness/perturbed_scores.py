@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from evaluation.perturbation_curve import target_score
+from evaluation.faithfulness.perturbation_curve import target_score
 from xai.model_guard import borrowed, model_device
 from xai.targets import Target, resolve_target
 from xai.validation import run_model

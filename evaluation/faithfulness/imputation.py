@@ -24,7 +24,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
 from torch import Tensor
 
-from evaluation.baselines import cpu_generator
+from evaluation.faithfulness.baselines import cpu_generator
 from xai.validation import finite_number
 
 # (row offset, column offset, weight); the weights sum to 1

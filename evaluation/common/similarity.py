@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from evaluation.ordering import stable_argsort
+from evaluation.common.ordering import stable_argsort
 
 SSIM_WINDOW = 7  # skimage's window without Gaussian weights
 

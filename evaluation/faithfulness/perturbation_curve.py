@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from evaluation.scores import aopc, auc
+from evaluation.faithfulness.scores import aopc, auc
 from xai.model_guard import borrowed, model_device
 from xai.targets import Target, resolve_target
 from xai.validation import run_model

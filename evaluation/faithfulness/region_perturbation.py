@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from evaluation.perturbation_metric import PerturbationMetric
+from evaluation.faithfulness.perturbation_metric import PerturbationMetric
 from xai.validation import positive_int
 
 

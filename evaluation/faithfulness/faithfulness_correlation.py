@@ -19,10 +19,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from evaluation.baselines import Baseline, check_baseline, cpu_generator, make_baseline
-from evaluation.complexity import MetricResult
-from evaluation.perturbation_metric import check_metric_inputs
-from evaluation.perturbed_scores import perturbed_scores
+from evaluation.common.inputs import check_metric_inputs
+from evaluation.common.result import MetricResult
+from evaluation.faithfulness.baselines import Baseline, check_baseline, cpu_generator, make_baseline
+from evaluation.faithfulness.perturbed_scores import perturbed_scores
 from xai.batched_gradients import check_batch_size
 from xai.model_guard import model_device
 from xai.targets import Target
@@ -50,7 +50,7 @@ def pearson(a: Tensor, b: Tensor) -> Tensor:
 class FaithfulnessCorrelation:
     """``nr_runs`` random subsets of ``subset_size`` values per sample (see the module docstring).
 
-    ``baseline``: a number or "mean", "blur", "uniform" (``evaluation.baselines``; ``blur_sigma`` sets "blur").
+    ``baseline``: a number or "mean", "blur", "uniform" (``evaluation.faithfulness.baselines``; ``blur_sigma`` sets "blur").
     ``softmax``: correlate with the softmax probability (True) or the logit (False, Quantus's default).
     ``seed``: an int for reproducible subsets, None for fresh ones. ``batch_size`` bounds the inputs per forward.
     """

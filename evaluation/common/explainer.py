@@ -12,7 +12,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor, nn
 
-from evaluation.perturbation_metric import check_metric_inputs
+from evaluation.common.inputs import check_metric_inputs
 from xai.analyzer import Analyzer
 from xai.model_guard import model_device
 

@@ -6,7 +6,7 @@ enter the image in order of relevance (most relevant first; ranked by the attrib
 - ``Insertion``: pixels of x are put, in the same order, into the canvas (blurred x by default, as in RISE); the
   curve starts at the canvas and ends at x. A faithful attribution makes it rise fast: higher is better.
 
-score = AUC = the trapezoid area under c over the fraction of pixels moved, in [0, 1] (``evaluation.scores.auc``).
+score = AUC = the trapezoid area under c over the fraction of pixels moved, in [0, 1] (``evaluation.faithfulness.scores.auc``).
 Both are ``PixelFlipping(unit="pixel", order="morf")`` on its batched engine: Deletion as is, Insertion with the
 roles of image and canvas swapped. ``pixels_in_step`` / ``steps`` and the other options as in ``PixelFlipping``
 (without either: 32 steps).
@@ -17,11 +17,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from evaluation.baselines import Baseline
-from evaluation.complexity import MetricResult
-from evaluation.perturbation_curve import PerturbationResult, perturbation_curves
-from evaluation.perturbed_scores import perturbed_scores
-from evaluation.pixel_flipping import PixelFlipping
+from evaluation.common.result import MetricResult
+from evaluation.faithfulness.baselines import Baseline
+from evaluation.faithfulness.perturbation_curve import PerturbationResult, perturbation_curves
+from evaluation.faithfulness.perturbed_scores import perturbed_scores
+from evaluation.faithfulness.pixel_flipping import PixelFlipping
 from xai.targets import Target
 
 

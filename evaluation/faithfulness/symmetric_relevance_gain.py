@@ -4,10 +4,10 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from evaluation.perturbation_curve import PerturbationResult
-from evaluation.perturbation_metric import PerturbationMetric
-from evaluation.pixel_flipping import PixelFlipping
-from evaluation.scores import symmetric_relevance_gain
+from evaluation.faithfulness.perturbation_curve import PerturbationResult
+from evaluation.faithfulness.perturbation_metric import PerturbationMetric
+from evaluation.faithfulness.pixel_flipping import PixelFlipping
+from evaluation.faithfulness.scores import symmetric_relevance_gain
 from xai.targets import Target
 
 
