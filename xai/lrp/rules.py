@@ -411,30 +411,31 @@ class GammaRule(LinearRule):
         return grad.mul_(x)
 
     def _mixed_sign_input(self, layer, x, z, relevance):
-        """The formulas above through x+ W+ + x- W- = (x W + |x| |W|) / 2 and its transpose: with
-        a = |W| |x| + |b|, z_up = (1 + g/2) z + (g/2) a and z_down = (1 + g/2) z - (g/2) a, and
-        R_in = (1 + g/2) x W^T (s_up + s_down) + (g/2) |x| |W|^T (s_up - s_down): one convolution and two
-        transposes where the four sign-split products would take four of each."""
-        eps, half = self.stabilizer, self.gamma / 2
-        magnitude, (abs_weight, abs_bias) = x.abs(), _absolute(layer)
-        a = layer.forward(magnitude, abs_weight, abs_bias).mul_(half)
-        scaled_z = z * (1 + half)
+        """The formulas above through x+ W+ + x- W- = (x W + |x| |W|) / 2 and its transpose. With h = g/2 and
+        a = h |W| |x| + h |b|: z_up = (1 + h) z + a, z_down = (1 + h) z - a, and where z > 0 only s_up is nonzero,
+        where z < 0 only s_down, so s_up + s_down = R / D with D = (1 + h) z + sign(z) (a + eps) (0 where z = 0,
+        as in Zennit) and s_up - s_down = sign(z) (s_up + s_down); R_in = (1 + h) x W^T (s_up + s_down)
+        + h |x| |W|^T (s_up - s_down). Divided through by 1 + h (folded into the cached |W|, |b|): one convolution,
+        two transposes and five output-sized passes."""
+        magnitude, (scaled_abs_weight, scaled_abs_bias) = x.abs(), self._scaled_absolute(layer)
         sign = torch.sign(z)
-        r_up = sign.clamp(min=0).mul_(relevance)  # [z > 0] R
-        r_down = sign.clamp_(max=0).neg_().mul_(relevance)  # [z < 0] R
-        # Where z > 0, z_up >= (1 + g/2) z > 0, so its stabilised value is z_up + eps; where z < 0, z_down < 0 and
-        # it is z_down - eps; elsewhere the numerator is 0. Clamping first gives those values, bit for bit, in two
-        # passes instead of the signed stabiliser's five.
-        s_up = torch.div(r_up, (scaled_z + a).clamp_(min=0).add_(eps), out=r_up)
-        s_down = torch.div(r_down, scaled_z.sub_(a).clamp_(max=0).sub_(eps), out=r_down)
-        sum_part = layer.transpose(s_up + s_down, layer.params[0], x).mul_(x).mul_(1 + half)
-        difference_part = layer.transpose(s_up.sub_(s_down), abs_weight, x)
-        return sum_part.addcmul_(difference_part.mul_(half), magnitude)
+        denominator = layer.forward(magnitude, scaled_abs_weight, scaled_abs_bias)
+        denominator = torch.addcmul(z, sign, denominator, out=denominator)  # D / (1 + h): |.| > eps/(1+h) if z != 0
+        share = torch.div(relevance, denominator, out=denominator).nan_to_num_(0.0, 0.0, 0.0)  # R / 0 where z = 0
+        signed_share = sign.mul_(share)
+        on_x = layer.transpose(share, layer.params[0], x).mul_(x)
+        return on_x.addcmul_(layer.transpose(signed_share, scaled_abs_weight, x), magnitude)
 
+    def _scaled_absolute(self, layer: AffineLayer) -> tuple[Tensor, Tensor]:
+        """(c |W|, c |b| + eps / (1 + h)) with h = g/2 and c = h / (1 + h): the cached parameters of a / (1 + h)."""
+        half = self.gamma / 2
+        scale = half / (1 + half)
 
-def _absolute(layer: AffineLayer) -> tuple[Tensor, Tensor | None]:
-    """(|W|, |b|) of the merged parameters, cached on the layer."""
-    return layer.derived("absolute", lambda w, b: (w.abs(), None if b is None else b.abs()))
+        def make(w, b):
+            shift = torch.full((w.shape[0],), self.stabilizer / (1 + half), dtype=w.dtype, device=w.device)
+            return w.abs().mul_(scale), shift if b is None else b.abs().mul_(scale).add_(shift)
+
+        return layer.derived((id(self), "scaled absolute"), make)
 
 
 def _on_sign(z: Tensor, relevance: Tensor, positive: bool) -> Tensor:
@@ -479,8 +480,7 @@ class AlphaBetaRule(LinearRule):
         return layer.derived(("shifted bias", positive, eps), lambda w, b: _shifted(part(b), eps, w))
 
     def relevance(self, layer, x, extra, relevance):
-        eps = self.stabilizer
-        wp, bp = _positive_part(layer)
+        wp = _positive_part(layer)[0]
         if _nonnegative(x):
             z = layer.forward(x, wp, self._shifted_bias(layer, True))
             grad = layer.transpose(torch.div(relevance, z, out=z), wp, x)
@@ -491,16 +491,65 @@ class AlphaBetaRule(LinearRule):
                 z = layer.forward(x, wn, self._shifted_bias(layer, False))
                 grad.sub_(layer.transpose(torch.div(relevance, z, out=z), wn, x), alpha=self.beta)
             return grad.mul_(x)
-        wn, bn = _negative_part(layer)
+        if layer.stackable:
+            return self._mixed_sign_stacked(layer, x, relevance)
+        return self._mixed_sign_grouped(layer, x, relevance)
+
+    def _mixed_sign_grouped(self, layer, x, relevance):
+        """The formulas above for grouped (depthwise) convolutions, whose sign-split weights cannot be stacked
+        (wider grouped calls are slower than these thin ones): s+ = alpha R / z+ and s- = -beta R / z-, then
+        R_in = x+ (W+^T s+ + W-^T s-) + x- (W-^T s+ + W+^T s-), the stabilizer in the biases (z+ >= 0 >= z-)."""
+        wp, wn = _positive_part(layer)[0], _negative_part(layer)[0]
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        s_pos = _share(relevance, layer.forward_sum([xp, xn], [wp, wn], bp), eps)
-        pos_p, pos_n = layer.transpose_each(s_pos, [wp, wn], x)
-        positive = xp * pos_p + xn * pos_n
-        if not self.beta:
-            return positive.mul_(self.alpha)
-        s_neg = _share(relevance, layer.forward_sum([xp, xn], [wn, wp], bn), eps)
-        neg_p, neg_n = layer.transpose_each(s_neg, [wn, wp], x)
-        return self.alpha * positive - self.beta * (xp * neg_p + xn * neg_n)
+        shares = []
+        for positive, factor in ((True, self.alpha), (False, -self.beta)):
+            if not factor:
+                continue
+            first, second = (wp, wn) if positive else (wn, wp)
+            z = layer.forward(xp, first, self._shifted_bias(layer, positive)).add_(layer.forward(xn, second))
+            share = torch.div(relevance, z, out=z)
+            shares.append((share if factor == 1 else share.mul_(factor), first, second))
+        (share, first, second), *rest = shares
+        on_pos, on_neg = layer.transpose(share, first, x), layer.transpose(share, second, x)
+        for share, first, second in rest:
+            on_pos.add_(layer.transpose(share, first, x))
+            on_neg.add_(layer.transpose(share, second, x))
+        return on_pos.mul_(xp).addcmul_(on_neg, xn)
+
+    def _mixed_sign_stacked(self, layer, x, relevance):
+        """The formulas above with [x+, x-] stacked along the input features and [z+, z-] along the outputs: one
+        call for both denominators, one for all four transposes (a few wide calls beat many thin ones), alpha and
+        -beta folded into the cached transpose weights and the stabilizer into the biases (z+ >= 0 >= z-)."""
+        dim = 1 if layer.is_conv else -1
+        shape = list(x.shape)
+        shape[dim] *= 2
+        split = x.new_empty(shape)
+        x_pos, x_neg = split.chunk(2, dim)
+        torch.clamp(x, min=0, out=x_pos)
+        torch.clamp(x, max=0, out=x_neg)
+        forward_weight, bias, transpose_weight = self._stacked_parameters(layer)
+        z = layer.forward(split, forward_weight, bias)
+        if self.beta:  # R / z+ and R / z-, R broadcast over the two halves
+            z_halves = z.unflatten(dim, (2, -1))
+            torch.div(relevance.unsqueeze(dim - 1 if dim < 0 else dim), z_halves, out=z_halves)
+        else:
+            torch.div(relevance, z, out=z)
+        on_pos, on_neg = layer.transpose(z, transpose_weight, split).chunk(2, dim)
+        return torch.mul(on_pos, x_pos).addcmul_(on_neg, x_neg)
+
+    def _stacked_parameters(self, layer) -> tuple[Tensor, Tensor, Tensor]:
+        """(forward weight, bias, transpose weight) of ``_mixed_sign_stacked``, cached: rows z+ (and z-), columns
+        x+, x-: [[W+, W-], [W-, W+]], [b+ + eps, b- - eps], [[alpha W+, alpha W-], [-beta W-, -beta W+]]."""
+
+        def make(w, b):
+            wp, wn = w.clamp(min=0), w.clamp(max=0)
+            rows = [(torch.cat([wp, wn], 1), self._shifted_bias(layer, True), self.alpha)]
+            if self.beta:
+                rows.append((torch.cat([wn, wp], 1), self._shifted_bias(layer, False), -self.beta))
+            return (torch.cat([row for row, _, _ in rows]), torch.cat([bias for _, bias, _ in rows]),
+                    torch.cat([row * factor for row, _, factor in rows]))
+
+        return layer.derived((id(self), "stacked"), make)
 
 
 class ZPlusRule(AlphaBetaRule):
