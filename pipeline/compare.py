@@ -15,8 +15,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from pipeline.html_report import render_comparison
-from pipeline.store import resolve_tracking_uri
+from pipeline.stages.html_report import render_comparison
+from pipeline.tracking.store import resolve_tracking_uri
 
 #: Table column -> ``mlflow.search_runs`` column.
 COLUMNS = {
@@ -35,7 +35,7 @@ COLUMNS = {
 }
 COMPARISON_TAG = "comparison"
 ARTIFACT_DIR = "comparison"
-#: Metric key prefixes that score attributions (``pipeline.metrics``); their columns join the table by full key.
+#: Metric key prefixes that score attributions (``pipeline.stages.metrics``); their columns join the table by full key.
 METRIC_GROUPS = ("faithfulness", "randomisation", "robustness", "complexity", "localisation")
 #: Parts of SRG (it is AUC(LeRF) - AUC(MoRF)): left out of the cross-metric ranking, which would count SRG 4 times.
 SRG_PARTS = ("faithfulness/auc_morf", "faithfulness/auc_lerf", "faithfulness/aopc_morf")
@@ -46,7 +46,7 @@ def search_runs(uri: str, **kwargs) -> pd.DataFrame:
     """``mlflow.search_runs`` against ``uri``, leaving the process's tracking URI (and its environment) as it was."""
     import mlflow
 
-    from pipeline.store import fluent_uri
+    from pipeline.tracking.store import fluent_uri
 
     with fluent_uri(uri):
         return mlflow.search_runs(**kwargs)
@@ -56,7 +56,7 @@ def find_runs(uri: str, experiment: str, parent: Optional[str] = None, filter_st
               by: str = "srg") -> pd.DataFrame:
     """Finished runs of ``experiment`` (children of ``parent`` when given) that have an SRG, best first by ``by``
     (a column, a metric key such as ``localisation/pointing_game``, or ``mean_rank`` over all metrics)."""
-    from pipeline.store import tracking_client
+    from pipeline.tracking.store import tracking_client
 
     if tracking_client(uri).get_experiment_by_name(experiment) is None:
         raise ValueError(f"no experiment named {experiment!r} at {uri}: check --experiment and --tracking-uri")
@@ -89,7 +89,7 @@ def ranked_metrics(table: pd.DataFrame) -> list[str]:
 def metric_ranking(table: pd.DataFrame) -> pd.DataFrame:
     """``evaluation.rank_methods`` over the runs (index: run id) and ``ranked_metrics``, best mean rank first."""
     from evaluation import rank_methods
-    from pipeline.metrics import higher_is_better
+    from pipeline.stages.metrics import higher_is_better
 
     keys = ranked_metrics(table)
     values = table.rename(columns={"srg": "faithfulness/srg"}).set_index("run_id")[keys]
@@ -105,7 +105,7 @@ def order_by(table: pd.DataFrame, by: str) -> pd.DataFrame:
     if by == MEAN_RANK:
         order = metric_ranking(table).index
         return table.set_index("run_id").loc[order].reset_index()[table.columns]
-    from pipeline.metrics import higher_is_better
+    from pipeline.stages.metrics import higher_is_better
 
     column = {"faithfulness/srg": "srg", **{v.removeprefix("metrics."): k for k, v in COLUMNS.items()}}.get(by, by)
     metric_columns = [c for c in table.columns if c in ("srg", "auc_morf", "auc_lerf", "aopc_morf") or "/" in c]
@@ -240,7 +240,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     print(format_table(table))
     if args.log:
-        from pipeline.store import get_or_create_experiment, tracking_client
+        from pipeline.tracking.store import get_or_create_experiment, tracking_client
 
         client = tracking_client(uri)
         run_id = args.parent

@@ -106,7 +106,7 @@ class SurrogateConf:
 
 @dataclass
 class PatternConf:
-    """PatternNet and PatternAttribution: patterns fitted once on the fit split (pipeline.patterns, cached)."""
+    """PatternNet and PatternAttribution: patterns fitted once on the fit split (pipeline.stages.patterns, cached)."""
 
     name: str = MISSING
     fit_split: str = "train"  # the split of the run's dataset the patterns are fitted on
@@ -193,7 +193,7 @@ class DatasetConf:
     split: str = "test"
     mask_path: Optional[str] = None  # image_folder: ground-truth masks <mask_path>/<class>/<stem>.png (localisation)
     limit: Optional[int] = None  # explain and score only the first N samples
-    num_shards: int = 1  # sharding: the i-th of K disjoint parts (see pipeline.data.select_samples)
+    num_shards: int = 1  # sharding: the i-th of K disjoint parts (see pipeline.stages.data.select_samples)
     shard: int = 0
     transforms: list[Any] = field(default_factory=list)  # torchvision transforms as _target_ nodes
     input_low: Any = 0.0  # the range of the model's input values (after transforms), for ZBox: a number or per channel
@@ -213,7 +213,7 @@ class EvaluationConf:
     softmax: bool = True
     batch_size: Optional[int] = None  # perturbed inputs per forward pass (None: 512, fewer for large images)
     # scored besides pixel flipping (srg) and complexity (sparseness, entropy), which every run scores; names in
-    # pipeline.metrics.SPECS, e.g. [srg, road, max_sensitivity, pointing_game]
+    # pipeline.stages.metrics.SPECS, e.g. [srg, road, max_sensitivity, pointing_game]
     metrics: list[str] = field(default_factory=lambda: ["srg"])
     params: dict[str, Any] = field(default_factory=dict)  # per metric: constructor arguments, e.g. road: {noise: 0.05}
 
@@ -287,8 +287,9 @@ def _config_hash_resolver(*, _root_: DictConfig) -> str:
 
 
 def _run_identity_resolver(*, _root_: DictConfig) -> str:
-    """The output folder's name: the config hash and a digest of the checkpoint, data and code (pipeline.identity)."""
-    from pipeline.identity import identity_digest, input_identity
+    """The output folder's name: the config hash and a digest of the checkpoint, data and code
+    (pipeline.tracking.identity)."""
+    from pipeline.tracking.identity import identity_digest, input_identity
 
     return identity_digest(config_hash(_root_), input_identity(_root_))
 
@@ -314,7 +315,7 @@ def _path_part_resolver(key: str, *, _root_: DictConfig) -> str:
 
 def run_name(method: str, composite: str) -> str:
     """``<method>-<composite>``, with ``none`` for methods that take no composite: the MLflow run name."""
-    from pipeline.explain import uses_composite
+    from pipeline.stages.explain import uses_composite
 
     method = safe_path_part(method, "method.name")
     return f"{method}-{safe_path_part(composite, 'composite.name') if uses_composite(method) else 'none'}"
@@ -326,7 +327,7 @@ def shard_subdir(shard: int, num_shards: int) -> str:
 
 
 def _mlflow_model_label(uri: Optional[str]) -> str:
-    from pipeline.registry import label
+    from pipeline.tracking.registry import label
 
     return label(uri)
 

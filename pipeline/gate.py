@@ -1,6 +1,6 @@
 """``python -m pipeline.gate --model NAME --champion ALIAS --challenger ALIAS``: champion vs challenger, for CI/CD.
 
-1. Resolves both aliases of the registered model (``pipeline.registry``) before anything is computed.
+1. Resolves both aliases of the registered model (``pipeline.tracking.registry``) before anything is computed.
 2. Runs the same pipeline config on both as one sweep (``python -m pipeline.run -m model=mlflow
    model.uri=models:/NAME@champion,models:/NAME@challenger ...`` plus any Hydra overrides after ``--``): a child run
    per alias and the sweep's parent as the comparison run, with the ranking and report of the two.
@@ -48,7 +48,7 @@ class Comparison:
 def compare(champion: dict[str, float], challenger: dict[str, float], metrics: list[str],
             margin: float) -> list[Comparison]:
     """One comparison per metric; a metric that one of the runs lacks is an error naming what was logged."""
-    from pipeline.metrics import higher_is_better
+    from pipeline.stages.metrics import higher_is_better
 
     found = []
     for metric in metrics:
@@ -102,10 +102,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _gate(args, metrics: list[str]) -> int:
-    from pipeline.metrics import higher_is_better
-    from pipeline.registry import resolve
+    from pipeline.stages.metrics import higher_is_better
+    from pipeline.tracking.registry import resolve
     from pipeline.scheduled import parent_of_sweep
-    from pipeline.store import resolve_tracking_uri, tracking_client
+    from pipeline.tracking.store import resolve_tracking_uri, tracking_client
 
     for metric in metrics:
         higher_is_better(metric)  # an unknown key fails before any work

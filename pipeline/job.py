@@ -21,20 +21,21 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import ModelKind, TargetChoice, config_hash, run_name, validate
-from pipeline.data import (batch_plan, dataset_source, iterate_batches, load_dataset, load_images, plan_index,
-                           select_samples)
-from pipeline.evaluate import COMPLEXITY_METRICS, METRICS, Faithfulness, complexity_scores
-from pipeline.explain import PATTERN_METHODS, background_ids, build_analyzer, build_composite, effective_composite
-from pipeline.metrics import MetricSuite
-from pipeline.identity import changes, code_version, input_identity
-from pipeline.input_range import check_input_range, input_bounds
-from pipeline.models import load_model, resolve_device
-from pipeline.patterns import run_patterns
-from pipeline.registry import MlflowModel, resolve
-from pipeline.report import summarize
-from pipeline.results import RunFolder
-from pipeline.store import TrackingUnavailable, resolve_tracking_uri
-from pipeline.tracking import publish, publish_command, run_url
+from pipeline.stages.data import (batch_plan, dataset_source, iterate_batches, load_dataset, load_images, plan_index,
+                                  select_samples)
+from pipeline.stages.evaluate import COMPLEXITY_METRICS, METRICS, Faithfulness, complexity_scores
+from pipeline.stages.explain import (PATTERN_METHODS, background_ids, build_analyzer, build_composite,
+                                     effective_composite)
+from pipeline.stages.input_range import check_input_range, input_bounds
+from pipeline.stages.metrics import MetricSuite
+from pipeline.stages.models import load_model, resolve_device
+from pipeline.stages.patterns import run_patterns
+from pipeline.stages.report import summarize
+from pipeline.stages.results import RunFolder
+from pipeline.tracking.identity import changes, code_version, input_identity
+from pipeline.tracking.publishing import publish, publish_command, run_url
+from pipeline.tracking.registry import MlflowModel, resolve
+from pipeline.tracking.store import TrackingUnavailable, resolve_tracking_uri
 from xai.errors import UnsupportedModelError
 from xai.model_guard import model_device
 from xai.validation import check_model_input

@@ -4,8 +4,8 @@ A shard job (``dataset.num_shards=K dataset.shard=i``) writes ``<config folder>/
 publishes nothing: it is a part. The merge takes a set of K shards only when all of them are COMPLETE
 (else it refuses, naming the missing shards and the command that reruns each), puts every shard's batch
 files back at their index in the unsharded batch plan in ``<config folder>/merged-<K>-shards/``,
-summarises that folder with the code that summarises an unsharded run (``pipeline.report.summarize``),
-and publishes it with the idempotent ``pipeline.tracking.publish``, tagged ``shards=K``. Because the
+summarises that folder with the code that summarises an unsharded run (``pipeline.stages.report.summarize``),
+and publishes it with the idempotent ``pipeline.tracking.publishing.publish``, tagged ``shards=K``. Because the
 batches, their samples and their seeds are those of the unsharded run, so are the metrics.
 """
 import argparse
@@ -19,8 +19,8 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.data import plan_index
-from pipeline.results import RunFolder, atomic_write, read_json
+from pipeline.stages.data import plan_index
+from pipeline.stages.results import RunFolder, atomic_write, read_json
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def find_shard_sets(root: str | Path) -> list[ShardSet]:
 def merge(shards: ShardSet) -> RunFolder:
     """Build (or find) the merged folder of a complete shard set; raises ``IncompleteShards`` otherwise."""
     from pipeline.job import dataset_digest
-    from pipeline.report import summarize
+    from pipeline.stages.report import summarize
 
     missing = shards.incomplete()
     if missing:
@@ -136,8 +136,8 @@ def merge(shards: ShardSet) -> RunFolder:
 
 
 def _adopt_sweep_parent(shards: ShardSet, merged: RunFolder) -> None:
-    """The merged run goes under the sweep parent run of the latest shard job (``pipeline.sweep``), if any."""
-    from pipeline.sweep import PARENT_FILE
+    """The merged run goes under the sweep parent run of the latest shard job (``pipeline.scaleout.sweep``), if any."""
+    from pipeline.scaleout.sweep import PARENT_FILE
 
     records = [shards.folder(i).path / PARENT_FILE for i in range(shards.num_shards)]
     records = [r for r in records if r.exists()]
@@ -174,7 +174,7 @@ def _merged_config(shard_config: DictConfig, num_shards: int) -> DictConfig:
 
 def publish_target(folder: RunFolder, uri: Optional[str] = None, experiment: Optional[str] = None) -> tuple[str, str, dict]:
     """Tracking URI, experiment and tags a folder publishes with: the given ones, else its config's."""
-    from pipeline.store import resolve_tracking_uri
+    from pipeline.tracking.store import resolve_tracking_uri
 
     tracking = OmegaConf.load(folder.config_file).tracking
     return uri or resolve_tracking_uri(tracking.uri), experiment or tracking.experiment, dict(tracking.tags)
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-publish", action="store_true", help="merge into the folder only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from pipeline.tracking import publish
+    from pipeline.tracking.publishing import publish
 
     sets = find_shard_sets(args.folder)
     if not sets:

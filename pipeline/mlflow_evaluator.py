@@ -25,14 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pipeline.config import CONF_DIR, run_name, validate
-from pipeline.data import TensorImages
-from pipeline.explain import PATTERN_METHODS
 from pipeline.job import check_explainer, explain_and_score, plan_samples
-from pipeline.metrics import MetricSuite
-from pipeline.registry import rebuilt_if_exported
-from pipeline.report import summarize
-from pipeline.results import RunFolder
-from pipeline.tracking import log_outputs
+from pipeline.stages.data import TensorImages
+from pipeline.stages.explain import PATTERN_METHODS
+from pipeline.stages.metrics import MetricSuite
+from pipeline.stages.report import summarize
+from pipeline.stages.results import RunFolder
+from pipeline.tracking.publishing import log_outputs
+from pipeline.tracking.registry import rebuilt_if_exported
 
 #: evaluator_config keys and what each must be.
 CONFIG_KEYS = {

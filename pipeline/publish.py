@@ -9,9 +9,9 @@ import sys
 
 from omegaconf import OmegaConf
 
-from pipeline.results import RunFolder
-from pipeline.store import resolve_tracking_uri
-from pipeline.tracking import publish
+from pipeline.stages.results import RunFolder
+from pipeline.tracking.publishing import publish
+from pipeline.tracking.store import resolve_tracking_uri
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from pipeline.compare import search_runs
 from pipeline.exit_codes import ExitCode, UsageParser
-from pipeline.store import resolve_tracking_uri
+from pipeline.tracking.store import resolve_tracking_uri
 
 SRG = "metrics.faithfulness/srg"
 CONFIG = "tags.config_hash"
@@ -50,7 +50,7 @@ class Verdict:
 
 def scheduled_runs(uri: str, experiment: str, schedule: str) -> pd.DataFrame:
     """Finished runs tagged ``schedule=<schedule>`` that carry an SRG and a config hash, newest first."""
-    from pipeline.store import tracking_client
+    from pipeline.tracking.store import tracking_client
 
     if tracking_client(uri).get_experiment_by_name(experiment) is None:
         raise ValueError(f"no experiment named {experiment!r} at {uri}: check --experiment and --tracking-uri")
@@ -90,7 +90,7 @@ def judge(runs: pd.DataFrame, threshold: float, parent: Optional[str] = None) ->
 
 def tag_verdicts(uri: str, verdicts: list[Verdict]) -> None:
     """Record each verdict on its run, so the MLflow UI can filter ``tags.regression = 'true'``."""
-    from pipeline.store import tracking_client
+    from pipeline.tracking.store import tracking_client
 
     client = tracking_client(uri)
     for v in verdicts:

@@ -19,7 +19,7 @@ OBJECTIVE = "faithfulness/srg"
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     from pipeline.job import run_job  # heavy imports (torch, mlflow) only once the config is valid
-    from pipeline.results import read_json
+    from pipeline.stages.results import read_json
 
     folder = run_job(cfg, HydraConfig.get().runtime.output_dir)
     return float(read_json(folder.results / "metrics.json")[OBJECTIVE])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Optional
 
 from pipeline.exit_codes import ExitCode, UsageParser
-from pipeline.locks import exclusive_lock, holder
+from pipeline.scaleout.locks import exclusive_lock, holder
 
 def sweep_command(uri: str, experiment: str, sweep_dir: Path, overrides: list[str]) -> list[str]:
     """The Hydra multirun of the nightly preset (the same command works by hand)."""
@@ -26,8 +26,8 @@ def sweep_command(uri: str, experiment: str, sweep_dir: Path, overrides: list[st
 
 
 def parent_of_sweep(sweep_dir: Path) -> Optional[str]:
-    from pipeline.results import read_json
-    from pipeline.sweep import SWEEP_FILE
+    from pipeline.stages.results import read_json
+    from pipeline.scaleout.sweep import SWEEP_FILE
 
     path = sweep_dir / SWEEP_FILE
     return read_json(path)["parent_run_id"] if path.exists() else None
@@ -56,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _run(args, lock: IO) -> ExitCode:
     from pipeline.regression import check, report
-    from pipeline.store import resolve_tracking_uri
+    from pipeline.tracking.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     sweep_dir = Path(args.output_root).resolve() / args.experiment / time.strftime("%Y-%m-%d_%H-%M-%S")

@@ -1,6 +1,7 @@
 """Metric-driven tuning of a composite's parameters (``experiment=tune_lrp``): the best trial as a composite file.
 
-``hydra/sweeper=optuna`` runs one job per trial (each a child of the sweep's MLflow parent, ``pipeline.sweep``) and
+``hydra/sweeper=optuna`` runs one job per trial (each a child of the sweep's MLflow parent,
+``pipeline.scaleout.sweep``) and
 maximises what ``pipeline.run.main`` returns, the run's SRG. When the sweep ends, ``TunedComposite`` writes the best
 parameters, on top of the tuned composite's own config, as ``<conf_dir>/composite/tuned/<name>.yaml``, and logs them on
 the parent run (params and metric ``best/...``, the file as an artifact). The file lives outside the package (an
@@ -9,7 +10,8 @@ installed package's ``conf/`` is not the user's to write), in a folder the user 
     python -m pipeline.run 'hydra.searchpath=[file://<conf_dir>]' composite=tuned/<name>
 
 Only ``composite.*`` keys can be tuned: anything else would not be part of the file. The tuned file keeps the
-composite's ``name`` (it selects the rules: ``pipeline.explain.COMPOSITES``), so its runs differ from the preset's by
+composite's ``name`` (it selects the rules: ``pipeline.stages.explain.COMPOSITES``), so its runs differ from the
+preset's by
 their ``composite.*`` params and config hash, not by their run name.
 """
 import logging
@@ -24,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.cli import USAGE_ERROR
 from pipeline.config import safe_path_part
-from pipeline.locks import this_process
-from pipeline.results import atomic_write, read_json
-from pipeline.sweep import DRIVER_TAG, SWEEP_FILE
+from pipeline.scaleout.locks import this_process
+from pipeline.scaleout.sweep import DRIVER_TAG, SWEEP_FILE
+from pipeline.stages.results import atomic_write, read_json
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +117,10 @@ class TunedComposite(Callback):
             self._log_best(*parent, best_params, {f"{BEST}{OBJECTIVE}": best_value})
 
     def _parent_run(self, sweep_dir: Path) -> Optional[tuple[str, str]]:
-        """This sweep's MLflow (tracking URI, parent run id), as ``pipeline.sweep.MlflowSweep`` recorded it; None
+        """This sweep's MLflow (tracking URI, parent run id), as ``pipeline.scaleout.sweep.MlflowSweep`` recorded it;
+        None
         when that record is an earlier sweep's (MLflow was down when this one started) or MLflow is down now."""
-        from pipeline.store import tracking_client
+        from pipeline.tracking.store import tracking_client
 
         record_file = sweep_dir / SWEEP_FILE
         if not record_file.exists():
@@ -135,7 +138,7 @@ class TunedComposite(Callback):
     def _log_best(self, uri: str, parent: str, best_params: dict[str, Any], metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        from pipeline.store import tracking_client
+        from pipeline.tracking.store import tracking_client
 
         client = tracking_client(uri)
         now = int(time.time() * 1000)

@@ -25,11 +25,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from pipeline.config import CONF_DIR
-from pipeline.data import batch_plan, iterate_batches, load_dataset, select_samples
-from pipeline.evaluate import Faithfulness
-from pipeline.explain import build_analyzer
 from pipeline.job import run_job
-from pipeline.models import load_model, resolve_device
+from pipeline.stages.data import batch_plan, iterate_batches, load_dataset, select_samples
+from pipeline.stages.evaluate import Faithfulness
+from pipeline.stages.explain import build_analyzer
+from pipeline.stages.models import load_model, resolve_device
 
 FLOOR = 1.2
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pipeline.cli import USAGE_ERROR, run_cli
-from pipeline.results import RunFolder
 from pipeline.run import main
+from pipeline.stages.results import RunFolder
 
 QUICK = ["tracking.publish=false", "dataset.limit=2", "batch_size=2", "heatmaps=1"]
 

@@ -8,9 +8,9 @@ from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
 from pipeline.bundled import VIT_WEIGHTS, WEIGHTS, DigitsViT, digits_split, load_default_model
-from pipeline.identity import checkpoint_sha256, file_sha256
 from pipeline.job import run_job
-from pipeline.results import RunFolder
+from pipeline.stages.results import RunFolder
+from pipeline.tracking.identity import checkpoint_sha256, file_sha256
 from tests.test_pipeline_run import make_cfg
 from xai import LRP
 from xai.composites import AttnLRP, CPLRP

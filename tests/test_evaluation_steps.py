@@ -6,7 +6,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from pipeline.config import CONF_DIR
-from pipeline.evaluate import Faithfulness
+from pipeline.stages.evaluate import Faithfulness
 
 
 def evaluation_cfg(*overrides):

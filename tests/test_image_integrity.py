@@ -11,8 +11,8 @@ from torchvision.transforms import ToTensor
 
 from pipeline.bundled import digits_split
 from pipeline.config import OnCorrupt
-from pipeline.data import iterate_batches
-from pipeline.images import CheckedImageFolder, Unreadable
+from pipeline.stages.data import iterate_batches
+from pipeline.stages.images import CheckedImageFolder, Unreadable
 
 
 def write_digits(root, bits: int, n: int = 6) -> None:
@@ -36,7 +36,7 @@ def test_a_16_bit_png_folder_reads_as_its_8_bit_copy(tmp_path, caplog):
     write_digits(tmp_path / "8bit", 8)
     write_digits(tmp_path / "16bit", 16)
     assert Image.open(next((tmp_path / "16bit").rglob("*.png"))).mode.startswith("I")
-    with caplog.at_level(logging.WARNING, logger="pipeline.images"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.images"):
         sixteen = stacked(CheckedImageFolder(str(tmp_path / "16bit"), ToTensor()))
     eight = stacked(CheckedImageFolder(str(tmp_path / "8bit"), ToTensor()))
     assert torch.equal(sixteen, eight) and 0 < eight.mean() < 1  # identical, so the accuracy is too
@@ -63,7 +63,7 @@ def test_palette_and_alpha_images_are_converted_and_said_once(tmp_path, caplog, 
         image = Image.new("RGB", (4, 4), (200, 30, 10))
         image = image.convert("P", palette=Image.Palette.ADAPTIVE) if mode == "P" else image.convert(mode)
         image.save(folder / f"{i}.png")
-    with caplog.at_level(logging.WARNING, logger="pipeline.images"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.images"):
         data = CheckedImageFolder(str(tmp_path / "data"), ToTensor())
         images = stacked(data)
     assert images.shape == (2, 3, 4, 4)

@@ -7,8 +7,8 @@ from hydra import compose, initialize_config_dir
 from torchvision import transforms
 
 from pipeline.config import CONF_DIR
-from pipeline.explain import build_composite
-from pipeline.input_range import check_input_range, input_bounds
+from pipeline.stages.explain import build_composite
+from pipeline.stages.input_range import check_input_range, input_bounds
 
 
 def make_cfg(overrides):
@@ -68,7 +68,7 @@ def test_a_run_on_data_outside_its_bounds_warns_once(tmp_path, caplog):
     from pipeline.job import run_job
 
     cfg = make_cfg(["dataset.limit=8", "batch_size=4", "heatmaps=0", "dataset.input_high=0.5", "tracking.publish=false"])
-    with caplog.at_level(logging.WARNING, logger="pipeline.input_range"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.input_range"):
         run_job(cfg, tmp_path / "run")
-    warnings = [r for r in caplog.records if r.name == "pipeline.input_range"]
+    warnings = [r for r in caplog.records if r.name == "pipeline.stages.input_range"]
     assert len(warnings) == 1 and "dataset.input_high=0.5" in warnings[0].message

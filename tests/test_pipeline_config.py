@@ -4,8 +4,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from pipeline.config import CONF_DIR, config_hash, validate
-from pipeline.data import batch_plan, select_samples
-from pipeline.explain import effective_composite
+from pipeline.stages.data import batch_plan, select_samples
+from pipeline.stages.explain import effective_composite
 
 GROUPS = ("method", "composite", "model", "dataset", "evaluation", "tracking", "experiment")
 NEEDS_VALUES = {  # options with mandatory (???) values and the overrides that fill them
@@ -135,7 +135,7 @@ def test_sample_selection_limit_and_shards():
 def test_device_auto_picks_cuda_when_present(monkeypatch):
     import torch
 
-    from pipeline.models import resolve_device
+    from pipeline.stages.models import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")

@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 import xai
 from pipeline.bundled import digits_split, load_default_model
 from pipeline.job import run_job
-from pipeline.patterns import model_digest
+from pipeline.stages.patterns import model_digest
 from tests.test_pipeline_run import make_cfg
 
 FIT_LIMIT = 256  # the first 256 training digits: enough for the check, a quarter of the fit time of all

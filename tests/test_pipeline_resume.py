@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 
 from pipeline.config import CONF_DIR
 from pipeline.job import KILL_AFTER_BATCHES_ENV, run_job
-from pipeline.results import RunFolder
-from pipeline.tracking import RUN_KEY_TAG, publish
+from pipeline.stages.results import RunFolder
+from pipeline.tracking.publishing import RUN_KEY_TAG, publish
 
 # stochastic on purpose: SmoothGrad's noise and the uniform baseline must repeat their draws when resumed
 STOCHASTIC = ["method=smoothgrad", "method.samples=4", "evaluation.baseline=uniform", "dataset.limit=14",

@@ -23,8 +23,8 @@ from torch import nn
 from pipeline.bundled import digits_split, load_default_model
 from pipeline.config import CONF_DIR
 from pipeline.job import run_job
-from pipeline.models import load_model
-from pipeline.results import RunFolder
+from pipeline.stages.models import load_model
+from pipeline.stages.results import RunFolder
 from xai.features import slic_segments
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,7 +261,7 @@ def test_image_folder_transforms_that_cannot_form_a_batch_are_named(tmp_path):
 
 
 def _background(seed=0, k=8):
-    from pipeline.explain import background_ids
+    from pipeline.stages.explain import background_ids
 
     ids = background_ids(make_cfg(["method=expected_gradients"]).method, len(digits_split("test")[1]), seed)
     assert len(ids) == k

@@ -17,10 +17,10 @@ from mlflow import MlflowClient
 
 from pipeline.bundled import digits_split, load_default_model
 from pipeline.gate import Comparison, compare, main as gate
-from pipeline.identity import changes, input_identity
 from pipeline.job import run_job
-from pipeline.registry import load, resolve
-from pipeline.store import fluent_uri
+from pipeline.tracking.identity import changes, input_identity
+from pipeline.tracking.registry import load, resolve
+from pipeline.tracking.store import fluent_uri
 
 from conftest import compose_config, free_port
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 from pipeline.bundled import digits_split
 from pipeline.config import CONF_DIR, config_hash
-from pipeline.identity import BUNDLED_CHECKPOINT, code_version, data_digest
 from pipeline.job import run_job
+from pipeline.tracking.identity import BUNDLED_CHECKPOINT, code_version, data_digest
 
 SMALL = ["method=gradient", "dataset.limit=8", "batch_size=8", "heatmaps=0", "tracking.publish=false",
          "evaluation.features_in_step=128"]

@@ -20,11 +20,11 @@ from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
 from pipeline.config import CONF_DIR, config_hash
-from pipeline.data import batch_plan, plan_index, select_samples
-from pipeline.explain import build_analyzer
 from pipeline.job import KILL_AFTER_BATCHES_ENV, run_job
 from pipeline.merge import IncompleteShards, ShardSet, find_shard_sets, merge
-from pipeline.models import load_model
+from pipeline.stages.data import batch_plan, plan_index, select_samples
+from pipeline.stages.explain import build_analyzer
+from pipeline.stages.models import load_model
 
 TOLERANCE = 1e-6
 #: The config of the launcher tests: 24 digits in 3 batches of 8, so 3 shards of one batch each.

@@ -11,8 +11,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from pipeline.publish import main as publish_main
-from pipeline.results import RunFolder, read_json
-from pipeline.sweep import PARENT_FILE, SWEEP_FILE
+from pipeline.scaleout.sweep import PARENT_FILE, SWEEP_FILE
+from pipeline.stages.results import RunFolder, read_json
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "sweep-test"
@@ -90,8 +90,8 @@ def test_nightly_sweeps_every_method_and_every_lrp_composite_once():
     from hydra import compose, initialize_config_dir
 
     from pipeline.config import CONF_DIR, run_name, validate
-    from pipeline.explain import COMPOSITES, METHODS, uses_composite
-    from pipeline.metrics import SPECS, MetricSuite
+    from pipeline.stages.explain import COMPOSITES, METHODS, uses_composite
+    from pipeline.stages.metrics import SPECS, MetricSuite
 
     rule_free = {f"{m}-none" for m in METHODS if not uses_composite(m)}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

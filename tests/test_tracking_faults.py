@@ -19,10 +19,10 @@ from mlflow import MlflowClient
 
 from pipeline.config import CONF_DIR
 from pipeline.job import publish_or_explain, run_job
-from pipeline.results import RunFolder, read_json, write_json
-from pipeline.store import TrackingUnavailable, ensure_store, tracking_client
-from pipeline.sweep import DRIVER_TAG, PARENT_FILE, SWEEP_FILE
-from pipeline.tracking import RUN_KEY_TAG, publish
+from pipeline.scaleout.sweep import DRIVER_TAG, PARENT_FILE, SWEEP_FILE
+from pipeline.stages.results import RunFolder, read_json, write_json
+from pipeline.tracking.publishing import RUN_KEY_TAG, publish
+from pipeline.tracking.store import TrackingUnavailable, ensure_store, tracking_client
 
 FORK = multiprocessing.get_context("fork")
 
@@ -173,7 +173,7 @@ def test_a_rerun_sweep_says_it_logs_a_copy_of_a_config_published_before(tmp_path
     for sweep in ("first", "second"):
         parent = client.create_run(experiment, tags={"sweep": "true"}).info.run_id
         write_json(copy.path / PARENT_FILE, {"parent_run_id": parent, "tracking_uri": uri, "experiment": "rerun"})
-        with caplog.at_level(logging.INFO, logger="pipeline.tracking"):
+        with caplog.at_level(logging.INFO, logger="pipeline.tracking.publishing"):
             children.append(publish(copy, uri, "rerun"))
     assert children[0] != children[1]  # each sweep's parent ranks its own children
     assert (f"these results were published before as run {children[0]}; logging a copy under this sweep's parent "

@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 
 from pipeline.bundled import digits_split
 from pipeline.config import CONF_DIR, BoxCompositeConf, validate
-from pipeline.explain import build_composite
-from pipeline.results import read_json
+from pipeline.stages.explain import build_composite
+from pipeline.stages.results import read_json
 from pipeline.tuning import RESULTS_FILE, TunedComposite
 
 EXPERIMENT = "tune-test"

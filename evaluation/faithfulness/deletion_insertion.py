@@ -6,7 +6,8 @@ enter the image in order of relevance (most relevant first; ranked by the attrib
 - ``Insertion``: pixels of x are put, in the same order, into the canvas (blurred x by default, as in RISE); the
   curve starts at the canvas and ends at x. A faithful attribution makes it rise fast: higher is better.
 
-score = AUC = the trapezoid area under c over the fraction of pixels moved, in [0, 1] (``evaluation.faithfulness.scores.auc``).
+score = AUC = the trapezoid area under c over the fraction of pixels moved, in [0, 1]
+(``evaluation.faithfulness.scores.auc``).
 Both are ``PixelFlipping(unit="pixel", order="morf")`` on its batched engine: Deletion as is, Insertion with the
 roles of image and canvas swapped. ``pixels_in_step`` / ``steps`` and the other options as in ``PixelFlipping``
 (without either: 32 steps).

@@ -50,7 +50,8 @@ def pearson(a: Tensor, b: Tensor) -> Tensor:
 class FaithfulnessCorrelation:
     """``nr_runs`` random subsets of ``subset_size`` values per sample (see the module docstring).
 
-    ``baseline``: a number or "mean", "blur", "uniform" (``evaluation.faithfulness.baselines``; ``blur_sigma`` sets "blur").
+    ``baseline``: a number or "mean", "blur", "uniform" (``evaluation.faithfulness.baselines``; ``blur_sigma`` sets
+    "blur").
     ``softmax``: correlate with the softmax probability (True) or the logit (False, Quantus's default).
     ``seed``: an int for reproducible subsets, None for fresh ones. ``batch_size`` bounds the inputs per forward.
     """

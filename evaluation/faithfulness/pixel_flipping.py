@@ -17,7 +17,8 @@ class PixelFlipping(PerturbationMetric):
     ``unit="channel"``: a feature is one channel value, ranked on its own (a one-channel attribution is copied to
     every channel); this is Quantus 0.6.0's PixelFlipping, and ``curve[:, 1:]`` equals its curve.
     ``order``: "morf" flips the most relevant first, "lerf" the least relevant first (ties: lower index first).
-    ``baseline``: a number, "mean", "blur" or "uniform" (see ``evaluation.faithfulness.baselines``); ``seed`` seeds "uniform",
+    ``baseline``: a number, "mean", "blur" or "uniform" (see ``evaluation.faithfulness.baselines``); ``seed`` seeds
+    "uniform",
     ``blur_sigma`` sets "blur". ``softmax``: track the softmax probability (True) or the logit (False).
     ``batch_size`` bounds the number of perturbed inputs per forward pass.
     """

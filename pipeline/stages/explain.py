@@ -13,14 +13,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pipeline.input_range import composite_bound
+from pipeline.stages.input_range import composite_bound
 
 CAMS = {"grad_cam": "GradCAM", "grad_cam_plus_plus": "GradCAMPlusPlus", "layer_cam": "LayerCAM", "score_cam": "ScoreCAM"}
 #: Methods that explain against a background set of baselines drawn from the data (``background_ids``).
 SHAPLEY = {"deeplift_shap": "DeepLIFTShap", "gradient_shap": "GradientSHAP", "expected_gradients": "ExpectedGradients"}
 #: Methods that fit a surrogate model on feature groups per sample.
 SURROGATES = {"kernel_shap": "KernelSHAP", "lime": "LIME"}
-#: Methods that explain with patterns fitted on data once per model (pipeline.patterns).
+#: Methods that explain with patterns fitted on data once per model (pipeline.stages.patterns).
 PATTERN_METHODS = {"pattern_net": "PatternNet", "pattern_attribution": "PatternAttribution"}
 METHODS = ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion", *CAMS, "deeplift",
            *SHAPLEY, *SURROGATES, *PATTERN_METHODS, "lrp")

@@ -13,7 +13,7 @@ from typing import Optional
 
 from torch import fx, nn
 
-from pipeline.store import TrackingUnavailable, check_reachable, fluent_uri
+from pipeline.tracking.store import TrackingUnavailable, check_reachable, fluent_uri
 
 URI_FORMS = "models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>"
 _ALIAS = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")

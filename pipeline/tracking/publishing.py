@@ -15,11 +15,11 @@ import pandas as pd
 from omegaconf import OmegaConf
 from PIL import Image
 
-from pipeline.locks import exclusive_lock, process_alive, this_process
-from pipeline.report import heatmap_key
-from pipeline.results import RunFolder, read_json, write_json
-from pipeline.store import bounded_requests, get_or_create_experiment, sqlite_path, tracking_client
-from pipeline.sweep import end_orphaned_sweeps, parent_run_of
+from pipeline.scaleout.locks import exclusive_lock, process_alive, this_process
+from pipeline.scaleout.sweep import end_orphaned_sweeps, parent_run_of
+from pipeline.stages.report import heatmap_key
+from pipeline.stages.results import RunFolder, read_json, write_json
+from pipeline.tracking.store import bounded_requests, get_or_create_experiment, sqlite_path, tracking_client
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def log_outputs(client, run_id: str, folder: RunFolder) -> None:
             client.log_artifact(run_id, str(results / name), "figures")
     if (results / "report.html").exists():  # runs finished before the report existed have none
         client.log_artifact(run_id, str(results / "report.html"))
-    if (folder.path / "patterns.pt").exists():  # PatternNet's fitted patterns (pipeline.patterns)
+    if (folder.path / "patterns.pt").exists():  # PatternNet's fitted patterns (pipeline.stages.patterns)
         client.log_artifact(run_id, str(folder.path / "patterns.pt"), "results")
     client.log_artifact(run_id, str(folder.config_file), "config")
     if (folder.path / ".hydra").is_dir():

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 
 if TYPE_CHECKING:
-    from pipeline.registry import MlflowModel
+    from pipeline.tracking.registry import MlflowModel
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 #: The folders whose code computes results: a change to them (committed or not) is a new code version.
 CODE_DIRS = ("xai", "evaluation", "pipeline", "conf")
 BUNDLED_CHECKPOINT = REPO / "pipeline" / "digits_cnn.pt"
@@ -129,8 +129,8 @@ def input_identity(cfg: DictConfig, registered: "MlflowModel | None" = None) -> 
     """The parts of a run's identity that are not its config (for a model from MLflow: the version its URI names
     now, ``registered`` when the caller resolved it already, else asked from the server)."""
     if _kind(cfg.model) == "mlflow":
-        from pipeline.registry import resolve
-        from pipeline.store import resolve_tracking_uri
+        from pipeline.tracking.registry import resolve
+        from pipeline.tracking.store import resolve_tracking_uri
 
         model = registered or resolve(cfg.model.uri, resolve_tracking_uri(cfg.tracking.uri))
         weights = {"model_version": f"{model.fixed_uri} {model.model_id or ''}".strip()}

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.evaluate import COMPLEXITY_METRICS, METRICS
-from pipeline.html_report import render_report
-from pipeline.metrics import ALWAYS, SPECS, metric_key
-from pipeline.results import RunFolder, atomic_write, write_json
+from pipeline.stages.evaluate import COMPLEXITY_METRICS, METRICS
+from pipeline.stages.html_report import render_report
+from pipeline.stages.metrics import ALWAYS, SPECS, metric_key
+from pipeline.stages.results import RunFolder, atomic_write, write_json
 
 PER_SAMPLE_COLUMNS = ("sample_id", "label", "prediction", "target", *METRICS, *COMPLEXITY_METRICS)
 

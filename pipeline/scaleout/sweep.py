@@ -4,7 +4,7 @@
 parent run (status RUNNING) up front, so parallel jobs writing to one SQLite file do not race to
 create them. The callback object is pickled to the jobs with Hydra's context (joblib, submitit and ray
 workers get its ``parent_run_id``); ``on_job_start`` writes the parent into the job's output folder
-(``sweep_parent.json``), where ``pipeline.tracking.publish`` reads it, so a run published later with
+(``sweep_parent.json``), where ``pipeline.tracking.publishing.publish`` reads it, so a run published later with
 ``python -m pipeline.publish`` still lands under its parent. ``on_multirun_end`` logs the ranking of
 the children into the parent and finishes it; a sweep that fails leaves the parent FAILED, and one whose driver
 was killed is marked KILLED by the next sweep or publish in that experiment (``end_orphaned_sweeps``).
@@ -18,8 +18,8 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline.locks import on_this_host, process_alive, this_process
-from pipeline.results import RunFolder, read_json, write_json
+from pipeline.scaleout.locks import on_this_host, process_alive, this_process
+from pipeline.stages.results import RunFolder, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class MlflowSweep(Callback):
     """Parent run per multirun; see the module docstring."""
 
     def __init__(self, tracking_uri: Optional[str], experiment: str, tags: Optional[dict[str, str]] = None):
-        from pipeline.store import resolve_tracking_uri
+        from pipeline.tracking.store import resolve_tracking_uri
 
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment
@@ -88,7 +88,7 @@ class MlflowSweep(Callback):
         if not self.parent_run_id:
             return
         from pipeline.compare import find_runs, log_comparison
-        from pipeline.store import tracking_client
+        from pipeline.tracking.store import tracking_client
 
         client = tracking_client(self.tracking_uri)
         try:
@@ -101,7 +101,7 @@ class MlflowSweep(Callback):
         self._ended = True
 
     def _create_parent(self, config: DictConfig, sweep_dir: Path) -> str:
-        from pipeline.store import get_or_create_experiment, tracking_client
+        from pipeline.tracking.store import get_or_create_experiment, tracking_client
 
         client = tracking_client(self.tracking_uri)
         experiment_id = get_or_create_experiment(client, self.experiment)
@@ -128,7 +128,7 @@ class MlflowSweep(Callback):
         """Hydra skips ``on_multirun_end`` when a job fails: mark the parent FAILED instead of leaving it RUNNING."""
         if self._ended:
             return
-        from pipeline.store import tracking_client
+        from pipeline.tracking.store import tracking_client
 
         try:
             tracking_client(self.tracking_uri).set_terminated(self.parent_run_id, "FAILED")

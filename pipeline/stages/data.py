@@ -1,6 +1,6 @@
 """The data stage: which samples a run covers, and loading them in batches.
 
-Sources: the bundled digits, a folder of ``<class>/<image>`` files (``pipeline.images``: unreadable images
+Sources: the bundled digits, a folder of ``<class>/<image>`` files (``pipeline.stages.images``: unreadable images
 skipped or fatal, by config) and CIFAR-10 from a local folder. Every per-sample selection goes through ``select_samples``.
 """
 from dataclasses import dataclass, field
@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import DatasetKind, OnCorrupt
-from pipeline.images import CheckedImageFolder, MaskedImageFolder, Unreadable
+from pipeline.stages.images import CheckedImageFolder, MaskedImageFolder, Unreadable
 
 #: With ground-truth masks, a transform is applied to the mask too when it moves pixels (Resize with nearest
 #: interpolation, so a mask stays a mask) and skipped when it changes values only.

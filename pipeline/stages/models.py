@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pipeline.config import ModelKind
-from pipeline.registry import MlflowModel
+from pipeline.tracking.registry import MlflowModel
 
 
 def resolve_device(device: str) -> torch.device:
@@ -38,7 +38,8 @@ def resolve_device(device: str) -> torch.device:
 def load_model(cfg: DictConfig, device: torch.device, registered: Optional[MlflowModel] = None) -> nn.Module:
     """The configured classifier in eval mode on ``device``, with a trailing softmax removed (logits).
 
-    ``registered``: for ``model.kind=mlflow``, the model its URI names (``pipeline.registry.resolve``), resolved once
+    ``registered``: for ``model.kind=mlflow``, the model its URI names (``pipeline.tracking.registry.resolve``),
+    resolved once
     by the caller so that the loaded version is the one the run's folder and tags name.
     """
     if cfg.kind == ModelKind.bundled:
@@ -48,10 +49,10 @@ def load_model(cfg: DictConfig, device: torch.device, registered: Optional[Mlflo
     elif cfg.kind == ModelKind.torchvision:
         model = _torchvision_model(cfg)
     elif cfg.kind == ModelKind.mlflow:
-        from pipeline.registry import load
+        from pipeline.tracking.registry import load
 
         if registered is None:
-            raise ValueError("model.kind=mlflow: resolve model.uri first (pipeline.registry.resolve)")
+            raise ValueError("model.kind=mlflow: resolve model.uri first (pipeline.tracking.registry.resolve)")
         model = load(registered)
     elif cfg.kind == ModelKind.custom:
         if not cfg.module or "_target_" not in cfg.module:

@@ -1,7 +1,7 @@
 """The metrics a run scores (``evaluation.metrics``): each name -> its MLflow group, its ``evaluation`` class, and
 what it needs besides the attribution (an analyzer to re-explain with, ground-truth masks).
 
-Pixel flipping (``srg`` and its AUCs, ``pipeline.evaluate.Faithfulness``) and the attribution's complexity
+Pixel flipping (``srg`` and its AUCs, ``pipeline.stages.evaluate.Faithfulness``) and the attribution's complexity
 (``sparseness``, ``entropy``) are scored in every run; ``evaluation.metrics`` adds the others. A metric's
 per-sample scores are logged as ``<group>/<name>`` (their mean; NaN samples, e.g. empty masks, left out).
 Constructor arguments come from ``evaluation.params.<name>`` (e.g. ``+evaluation.params.road.noise=0.05``).

@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pipeline.data import iterate_batches, load_dataset, select_samples
-from pipeline.results import atomic_write
+from pipeline.stages.data import iterate_batches, load_dataset, select_samples
+from pipeline.stages.results import atomic_write
 from xai.model_guard import model_device
 
 log = logging.getLogger(__name__)
