@@ -35,7 +35,7 @@ from evaluation.common.explainer import (
 )
 from evaluation.common.similarity import normalise_by_max, similarity_function
 from xai.analyzer import predict
-from xai.batched_gradients import check_batch_size
+from xai.validation import check_batch_size
 from xai.model_guard import borrowed
 from xai.targets import Target
 

@@ -26,7 +26,7 @@ from evaluation.common.explainer import Explainer, check_explainer, check_seed, 
 from evaluation.common.result import MetricResult
 from evaluation.common.similarity import normalise_by_max
 from xai.analyzer import predict
-from xai.batched_gradients import check_batch_size
+from xai.validation import check_batch_size
 from xai.model_guard import borrowed
 from xai.targets import Target
 from xai.validation import finite_number, positive_int

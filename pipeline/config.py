@@ -91,7 +91,7 @@ class ShapleyConf:
 
 @dataclass
 class SurrogateConf:
-    """KernelSHAP and LIME: a surrogate model fitted per sample on feature groups (xai.features)."""
+    """KernelSHAP and LIME: a surrogate model fitted per sample on feature groups (xai.perturbation.features)."""
 
     name: str = MISSING
     features: str = "slic"  # slic (superpixels) or grid (square cells)

@@ -19,7 +19,7 @@ from captum.attr import NoiseTunnel, Saliency
 from torchvision.models import resnet18
 
 from xai import IntegratedGradients, SmoothGrad
-from xai.smoothgrad import noise_sigma
+from xai.gradient.smoothgrad import noise_sigma
 
 warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
 

@@ -46,8 +46,8 @@ from torchvision.models.resnet import BasicBlock
 
 from xai import (LIME, DeepLIFT, GradCAM, GradCAMPlusPlus, Gradient, GradientSHAP, KernelSHAP, LayerCAM, Occlusion,
                  PatternAttribution, PatternNet, ScoreCAM, fit_patterns)
-from xai.features import grid_segments
-from xai.occlusion import window_masks, window_starts
+from xai.perturbation.features import grid_segments
+from xai.perturbation.occlusion import window_masks, window_starts
 
 
 def timed(run) -> tuple[float, float]:

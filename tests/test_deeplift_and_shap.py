@@ -3,7 +3,7 @@ GradientShap fed our random draws.
 
 All comparisons in float64 to 1e-5 relative (max |ours - Captum| <= 1e-5 x max |Captum|): the same difference
 quotients, only summed in another order (rounding ~1e-15). Captum 0.9's DeepLift has three bugs (see the
-``xai.deeplift`` docstring): a module used twice fails, adjacent hooked modules (ReLU then MaxPool) use a stale
+``xai.gradient.deeplift`` docstring): a module used twice fails, adjacent hooked modules (ReLU then MaxPool) use a stale
 gradient, and MaxPool's fallback uses the batch's first sample. Captum is therefore given an equivalent model
 (one ReLU per use, a copy between ReLU and MaxPool) and one sample per call on the models with MaxPool; on a
 MaxPool-free net with all six of Captum's activations it runs batched as it is.
@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from xai import DeepLIFT, DeepLIFTShap, ExpectedGradients, GradientSHAP, UnsupportedModelError
-from xai.smoothgrad import smoothgrad_noise
+from xai.gradient.smoothgrad import smoothgrad_noise
 
 
 def assert_relative_close(ours, reference, rtol=1e-5):

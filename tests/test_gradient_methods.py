@@ -12,8 +12,8 @@ from captum.attr._utils.approximation_methods import approximation_parameters
 
 from xai import Gradient, InputTimesGradient, IntegratedGradients, SmoothGrad
 from xai.batchnorm_folding import fold_batchnorm
-from xai.integrated_gradients import SCHEMES
-from xai.smoothgrad import noise_sigma, smoothgrad_noise
+from xai.gradient.integrated_gradients import SCHEMES
+from xai.gradient.smoothgrad import noise_sigma, smoothgrad_noise
 
 RTOL = 1e-5
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
@@ -125,7 +125,7 @@ def test_integrated_gradients_equals_captum(case, scheme, fold):
     captum = CaptumIG(reference_model).attribute(
         x, baselines=baseline.expand_as(x), target=target, n_steps=steps, method=scheme
     )
-    if scheme == "riemann_trapezoid":  # Captum's weights sum to (n-1)/n, ours to 1 (see xai.integrated_gradients)
+    if scheme == "riemann_trapezoid":  # Captum's weights sum to (n-1)/n, ours to 1 (see xai.gradient.integrated_gradients)
         captum = captum * steps / (steps - 1)
     assert_relative_close(attribution, captum)
 

@@ -1,7 +1,7 @@
 """KernelSHAP and LIME equal Captum 0.9's KernelShap and Lime on the same feature mask and the same coalitions.
 
 Captum is fed our draws: its ``perturb_func`` is replaced by a generator yielding, for each example in turn, the
-coalitions ``xai.surrogate.padded_coalitions`` draws for our seed. Float64 models. Captum rounds the regression data
+coalitions ``xai.perturbation.surrogate.padded_coalitions`` draws for our seed. Float64 models. Captum rounds the regression data
 (coalitions, outputs, weights) to float32 in ``LimeBase.attribute``, so the tolerance is 1e-5 relative to the largest
 coefficient (measured: ~1e-6). For the Lasso, Captum's ``SkLearnLasso(alpha=0.01)`` gets its data in float64 and
 tol=1e-12 so that scikit-learn's coordinate descent reaches the minimiser ours computes (at its default tol=1e-4 it
@@ -16,10 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from xai import LIME, KernelSHAP
-from xai.features import check_segments, feature_counts, grid_segments, slic_segments
-from xai.kernel_shap import kernel_shap_coalitions
-from xai.lime import lime_coalitions
-from xai.surrogate import padded_coalitions
+from xai.perturbation.features import check_segments, feature_counts, grid_segments, slic_segments
+from xai.perturbation.kernel_shap import kernel_shap_coalitions
+from xai.perturbation.lime import lime_coalitions
+from xai.perturbation.surrogate import padded_coalitions
 
 SAMPLES, SEED = 48, 7
 

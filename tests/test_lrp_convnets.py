@@ -31,7 +31,7 @@ from xai.lrp.canonize import BATCH_NORM_TYPES
 from xai.lrp.composites import ByType, Composite, EpsilonGammaBox, EpsilonPlus
 from xai.lrp.model_check import trace
 from xai.lrp.rules import GateRule, LayerNormRule, PassRule, ZeroRule, stabilize
-from xai.smoothgrad import noise_sigma, smoothgrad_noise
+from xai.gradient.smoothgrad import noise_sigma, smoothgrad_noise
 
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 

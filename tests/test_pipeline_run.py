@@ -25,7 +25,7 @@ from pipeline.config import CONF_DIR
 from pipeline.job import run_job
 from pipeline.stages.models import load_model
 from pipeline.stages.results import RunFolder
-from xai.features import slic_segments
+from xai.perturbation.features import slic_segments
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5

@@ -1,20 +1,15 @@
 """Explanation methods for image classifiers on plain torch."""
 from xai.analyzer import Analyzer, analyze
 from xai.cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
-from xai.deeplift import DeepLIFT, DeepLIFTShap
 from xai.errors import UnsupportedModelError
 from xai.explanation import Explanation
 from xai.exported import from_exported
-from xai.gradient import Gradient, InputTimesGradient
-from xai.gradient_shap import ExpectedGradients, GradientSHAP
+from xai.gradient import (DeepLIFT, DeepLIFTShap, ExpectedGradients, Gradient, GradientSHAP, InputTimesGradient,
+                          IntegratedGradients, SmoothGrad)
 from xai.heatmap import heatmap, heatmap_grid, overlay
-from xai.integrated_gradients import IntegratedGradients
-from xai.kernel_shap import KernelSHAP
-from xai.lime import LIME
 from xai.lrp import LRP
-from xai.occlusion import Occlusion
+from xai.perturbation import LIME, KernelSHAP, Occlusion
 from xai.pattern import PatternAttribution, PatternNet, Patterns, fit_patterns
-from xai.smoothgrad import SmoothGrad
 from xai.softmax import strip_softmax
 
 __all__ = [

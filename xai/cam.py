@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xai.analyzer import Analyzer
-from xai.batched_gradients import check_batch_size
+from xai.validation import check_batch_size
 from xai.targets import one_hot_at, resolve_target
 from xai.validation import module_at, run_model
 

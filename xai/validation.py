@@ -35,6 +35,11 @@ def positive_int(value: Any, name: str, meaning: str = "", minimum: int = 1) -> 
     return value
 
 
+def check_batch_size(batch_size: int) -> int:
+    """The bound on inputs per forward/backward must be a positive int."""
+    return positive_int(batch_size, "batch_size", "inputs per forward/backward")
+
+
 def check_seed(seed: Any) -> int | None:
     """An int seed or None (fresh draws), as given."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):

@@ -31,7 +31,7 @@ from evaluation.faithfulness.imputation import noisy_linear_imputation
 from evaluation.faithfulness.perturbation_curve import PerturbationResult
 from evaluation.faithfulness.perturbed_scores import perturbed_scores
 from evaluation.faithfulness.scores import symmetric_relevance_gain
-from xai.batched_gradients import check_batch_size
+from xai.validation import check_batch_size
 from xai.model_guard import model_device
 from xai.targets import Target
 from xai.validation import finite_number

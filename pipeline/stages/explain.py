@@ -110,7 +110,7 @@ def build_surrogate(model: nn.Module, method: DictConfig, seed: int):
     """KernelSHAP or LIME on the configured segmentation (``method.features``: slic with ``segments``, grid with
     ``cell``)."""
     import xai
-    from xai.features import grid_segments, slic_segments
+    from xai.perturbation.features import grid_segments, slic_segments
 
     if method.features == "slic":
         features = partial(slic_segments, n_segments=method.segments)

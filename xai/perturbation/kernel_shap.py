@@ -6,13 +6,13 @@ with probability proportional to (K - 1) / (k (K - k)) and then a subset of that
 (K - 1) / (C(K, k) k (K - k)) turned into a sampling distribution, so that every drawn coalition has weight 1).
 The two end coalitions get weight 1e6 (Captum's stand-in for the kernel's infinite weight): the coefficients
 nearly satisfy efficiency, sum_k coef_k = f(x) - f(baseline). The fit is weighted least squares with intercept
-(Captum's ``SkLearnLinearRegression``). Frame, inputs and fit: ``xai.surrogate``.
+(Captum's ``SkLearnLinearRegression``). Frame, inputs and fit: ``xai.perturbation.surrogate``.
 """
 import torch
 from torch import Tensor, nn
 
-from xai.features import Features
-from xai.surrogate import Surrogate, weighted_least_squares
+from xai.perturbation.features import Features
+from xai.perturbation.surrogate import Surrogate, weighted_least_squares
 
 #: The weight of the all-on and all-off coalitions (Captum's ``KernelShap.inf_weight``).
 END_WEIGHT = 1e6
@@ -30,7 +30,7 @@ def kernel_shap_coalitions(features: int, samples: int, generator: torch.Generat
 
 
 class KernelSHAP(Surrogate):
-    """Shapley values of feature groups (``features``: "slic", "grid", a mask or a callable, see ``xai.features``)
+    """Shapley values of feature groups (``features``: "slic", "grid", a mask or a callable, see ``xai.perturbation.features``)
     from ``samples`` coalitions per sample, the features switched off set to ``baseline``."""
 
     def __init__(self, model: nn.Module, features: Features = "slic", samples: int = 256, baseline: float = 0.0,

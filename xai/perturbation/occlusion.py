@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from xai.analyzer import Analyzer, predict
-from xai.batched_gradients import check_batch_size
+from xai.validation import check_batch_size
 from xai.validation import finite_number, positive_int
 
 

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from xai.analyzer import Analyzer, predict
-from xai.batched_gradients import check_batch_size, weighted_gradient_sum
-from xai.deeplift import check_baseline_set, checked_against_input
-from xai.smoothgrad import NoiseDraws
+from xai.gradient.batched import weighted_gradient_sum
+from xai.validation import check_batch_size
+from xai.gradient.deeplift import check_baseline_set, checked_against_input
+from xai.gradient.smoothgrad import NoiseDraws
 from xai.validation import check_seed, finite_number, positive_int
 
 

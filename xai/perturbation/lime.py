@@ -6,13 +6,13 @@ is exp(-d^2 / (2 kernel_width^2)) with d = 1 - cos(x, switched input), the cosin
 (Captum's ``get_exp_kernel_similarity_function('cosine', kernel_width)``). The fit is the weighted Lasso with
 intercept of Captum's default ``SkLearnLasso(alpha=0.01)`` (``alpha=0``: weighted least squares). Captum leaves the
 Lasso to scikit-learn's coordinate descent at tol=1e-4; ours is its minimiser to float64 rounding. Frame, inputs and
-fit: ``xai.surrogate``.
+fit: ``xai.perturbation.surrogate``.
 """
 import torch
 from torch import Tensor, nn
 
-from xai.features import Features
-from xai.surrogate import Surrogate, cosine_to_switched, weighted_lasso, weighted_least_squares
+from xai.perturbation.features import Features
+from xai.perturbation.surrogate import Surrogate, cosine_to_switched, weighted_lasso, weighted_least_squares
 from xai.validation import finite_number
 
 
@@ -23,7 +23,7 @@ def lime_coalitions(features: int, samples: int, generator: torch.Generator) -> 
 
 class LIME(Surrogate):
     """A sparse local linear model of the target logit on feature groups (``features``: "slic", "grid", a mask or a
-    callable, see ``xai.features``) from ``samples`` coalitions per sample, switched-off features set to
+    callable, see ``xai.perturbation.features``) from ``samples`` coalitions per sample, switched-off features set to
     ``baseline``; ``alpha``: the Lasso's L1 weight (0: weighted least squares)."""
 
     def __init__(self, model: nn.Module, features: Features = "slic", samples: int = 256, kernel_width: float = 1.0,

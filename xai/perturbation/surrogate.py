@@ -1,7 +1,7 @@
 """Local linear surrogates (the frame of KernelSHAP and LIME, as Captum's ``LimeBase``): switch feature groups on and
 off, run the switched inputs through the model, fit a weighted linear model of the target logit on the switches.
 
-For sample n with K_n features (``xai.features``) and draws s = 1..S of a coalition z_s in {0, 1}^K_n:
+For sample n with K_n features (``xai.perturbation.features``) and draws s = 1..S of a coalition z_s in {0, 1}^K_n:
     input_s = x where z_s[segment of the pixel] = 1, else ``baseline``        (all channels of a pixel together)
     y_s     = model(input_s)[target]
     coef    = the weighted linear fit of y_s on z_s with intercept, weights pi_s (defined by the method)
@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from xai.analyzer import Analyzer, predict
-from xai.batched_gradients import check_batch_size
-from xai.features import Features, check_features, feature_counts, segments_for
+from xai.validation import check_batch_size
+from xai.perturbation.features import Features, check_features, feature_counts, segments_for
 from xai.validation import check_seed, finite_number, positive_int
 
 #: FISTA stops when no coefficient moved by more than this fraction of the largest one in a step.

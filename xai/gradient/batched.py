@@ -14,15 +14,9 @@ from tqdm.auto import tqdm
 from xai.analyzer import check_output
 from xai.batchnorm_folding import fold_batchnorm
 from xai.targets import one_hot_at
-from xai.validation import positive_int
 
 # points(step, sample) -> the inputs for these (step, sample) index pairs, shape (len(step), *sample_shape)
 PointMaker = Callable[[Tensor, Tensor], Tensor]
-
-
-def check_batch_size(batch_size: int) -> int:
-    """The bound on inputs per forward/backward must be a positive int."""
-    return positive_int(batch_size, "batch_size", "inputs per forward/backward")
 
 
 def weighted_gradient_sum(

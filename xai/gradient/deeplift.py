@@ -50,9 +50,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from xai.analyzer import Analyzer
-from xai.batched_gradients import check_batch_size
+from xai.validation import check_batch_size
 from xai.errors import UnsupportedModelError
-from xai.integrated_gradients import Baseline, check_baseline, resolve_baseline
+from xai.gradient.integrated_gradients import Baseline, check_baseline, resolve_baseline
 from xai.softmax import SOFTMAX_TYPES
 from xai.targets import Target, one_hot_at, resolve_target
 from xai.validation import run_model
