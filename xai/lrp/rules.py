@@ -496,30 +496,21 @@ class AlphaBetaRule(LinearRule):
         return self._mixed_sign_grouped(layer, x, relevance)
 
     def _mixed_sign_grouped(self, layer, x, relevance):
-        """The formulas above for grouped (depthwise) convolutions, whose sign-split weights cannot be stacked
-        (wider grouped calls are slower than these thin ones): s+ = alpha R / z+ and s- = -beta R / z-, then
-        R_in = x+ (W+^T s+ + W-^T s-) + x- (W-^T s+ + W+^T s-), the stabilizer in the biases (z+ >= 0 >= z-)."""
+        """z+ and z- for grouped (depthwise) convolutions, whose sign-split weights cannot be stacked (wider
+        grouped calls are slower than these thin ones), the stabilizer in the biases (z+ >= 0 >= z-)."""
         wp, wn = _positive_part(layer)[0], _negative_part(layer)[0]
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        shares = []
-        for positive, factor in ((True, self.alpha), (False, -self.beta)):
-            if not factor:
-                continue
-            first, second = (wp, wn) if positive else (wn, wp)
-            z = layer.forward(xp, first, self._shifted_bias(layer, positive)).add_(layer.forward(xn, second))
-            share = torch.div(relevance, z, out=z)
-            shares.append((share if factor == 1 else share.mul_(factor), first, second))
-        (share, first, second), *rest = shares
-        on_pos, on_neg = layer.transpose(share, first, x), layer.transpose(share, second, x)
-        for share, first, second in rest:
-            on_pos.add_(layer.transpose(share, first, x))
-            on_neg.add_(layer.transpose(share, second, x))
-        return on_pos.mul_(xp).addcmul_(on_neg, xn)
+        z_pos = layer.forward(xp, wp, self._shifted_bias(layer, True)).add_(layer.forward(xn, wn))
+        if not self.beta:  # ZPlus: alpha = 1
+            share = torch.div(relevance, z_pos, out=z_pos)
+            return layer.transpose(share, wp, x).mul_(xp).addcmul_(layer.transpose(share, wn, x), xn)
+        z_neg = layer.forward(xp, wn, self._shifted_bias(layer, False)).add_(layer.forward(xn, wp))
+        return self._from_shares(layer, x, torch.div(relevance, z_pos, out=z_pos),
+                                 torch.div(relevance, z_neg, out=z_neg))
 
     def _mixed_sign_stacked(self, layer, x, relevance):
-        """The formulas above with [x+, x-] stacked along the input features and [z+, z-] along the outputs: one
-        call for both denominators, one for all four transposes (a few wide calls beat many thin ones), alpha and
-        -beta folded into the cached transpose weights and the stabilizer into the biases (z+ >= 0 >= z-)."""
+        """z+ and z- with [x+, x-] stacked along the input features and [z+, z-] along the outputs: one call for
+        both (a few wide calls beat many thin ones), the stabilizer in the biases (z+ >= 0 >= z-)."""
         dim = 1 if layer.is_conv else -1
         shape = list(x.shape)
         shape[dim] *= 2
@@ -527,27 +518,35 @@ class AlphaBetaRule(LinearRule):
         x_pos, x_neg = split.chunk(2, dim)
         torch.clamp(x, min=0, out=x_pos)
         torch.clamp(x, max=0, out=x_neg)
-        forward_weight, bias, transpose_weight = self._stacked_parameters(layer)
+        forward_weight, bias = self._stacked_parameters(layer)
         z = layer.forward(split, forward_weight, bias)
-        if self.beta:  # R / z+ and R / z-, R broadcast over the two halves
-            z_halves = z.unflatten(dim, (2, -1))
-            torch.div(relevance.unsqueeze(dim - 1 if dim < 0 else dim), z_halves, out=z_halves)
-        else:
-            torch.div(relevance, z, out=z)
-        on_pos, on_neg = layer.transpose(z, transpose_weight, split).chunk(2, dim)
-        return torch.mul(on_pos, x_pos).addcmul_(on_neg, x_neg)
+        if not self.beta:  # ZPlus: alpha = 1, one transpose of [W+, W-]
+            on_pos, on_neg = layer.transpose(torch.div(relevance, z, out=z), forward_weight, split).chunk(2, dim)
+            return torch.mul(on_pos, x_pos).addcmul_(on_neg, x_neg)
+        z_pos, z_neg = z.chunk(2, dim)
+        return self._from_shares(layer, x, torch.div(relevance, z_pos), torch.div(relevance, z_neg))
 
-    def _stacked_parameters(self, layer) -> tuple[Tensor, Tensor, Tensor]:
-        """(forward weight, bias, transpose weight) of ``_mixed_sign_stacked``, cached: rows z+ (and z-), columns
-        x+, x-: [[W+, W-], [W-, W+]], [b+ + eps, b- - eps], [[alpha W+, alpha W-], [-beta W-, -beta W+]]."""
+    def _from_shares(self, layer, x, share_pos, share_neg):
+        """R_in from s+ = R / z+ and s- = R / z-: x+ (a W+^T s+ - b W-^T s-) + x- (a W-^T s+ - b W+^T s-), which
+        through W+- = (W +- |W|) / 2 is (x W^T (a s+ - b s-) + |x| |W|^T (a s+ + b s-)) / 2: two transposes
+        instead of four (as Gamma's; the denominators z+ and z- stay exact, where the same identity would not)."""
+        positive, negative = share_pos.mul_(self.alpha), share_neg.mul_(self.beta)
+        difference = positive - negative
+        on_x = layer.transpose(difference, layer.params[0], x).mul_(x)
+        absolute_weight = layer.derived("absolute weight", lambda w, b: w.abs())
+        on_magnitude = layer.transpose(positive.add_(negative), absolute_weight, x)
+        return on_x.addcmul_(on_magnitude, x.abs()).mul_(0.5)
+
+    def _stacked_parameters(self, layer) -> tuple[Tensor, Tensor]:
+        """(forward weight, bias) of ``_mixed_sign_stacked``, cached: rows z+ (and z-), columns x+, x-:
+        [[W+, W-], [W-, W+]], [b+ + eps, b- - eps]."""
 
         def make(w, b):
             wp, wn = w.clamp(min=0), w.clamp(max=0)
-            rows = [(torch.cat([wp, wn], 1), self._shifted_bias(layer, True), self.alpha)]
+            rows = [(torch.cat([wp, wn], 1), self._shifted_bias(layer, True))]
             if self.beta:
-                rows.append((torch.cat([wn, wp], 1), self._shifted_bias(layer, False), -self.beta))
-            return (torch.cat([row for row, _, _ in rows]), torch.cat([bias for _, bias, _ in rows]),
-                    torch.cat([row * factor for row, _, factor in rows]))
+                rows.append((torch.cat([wn, wp], 1), self._shifted_bias(layer, False)))
+            return torch.cat([row for row, _ in rows]), torch.cat([bias for _, bias in rows])
 
         return layer.derived((id(self), "stacked"), make)
 
