@@ -341,7 +341,21 @@ def distinct_baselines(baseline: Baseline, x: Tensor) -> tuple[Tensor, Tensor]:
     return resolved, torch.arange(n, device=x.device)
 
 
-class DeepLIFT(Analyzer):
+class _RescaleAnalyzer(Analyzer):
+    """What DeepLIFT and DeepLIFTShap share: the chunk size, the MaxPool choice, the kept baseline pass and the
+    model check."""
+
+    def __init__(self, model: nn.Module, batch_size: int, sum_overlaps: bool):
+        super().__init__(model)
+        self.batch_size = check_batch_size(batch_size)
+        self.sum_overlaps = bool(sum_overlaps)
+        self.baseline_pass = BaselinePass()
+
+    def _check_model(self) -> None:
+        check_deeplift_model(self.model)
+
+
+class DeepLIFT(_RescaleAnalyzer):
     """(x - baseline) times the DeepLIFT Rescale multipliers (see the module docstring); equals Captum's DeepLift.
 
     ``baseline``: None (zeros), a number, or a tensor broadcastable to the input. At most ``batch_size``
@@ -350,15 +364,9 @@ class DeepLIFT(Analyzer):
     """
 
     def __init__(self, model: nn.Module, baseline: Baseline = None, batch_size: int = 32, sum_overlaps: bool = False):
-        super().__init__(model)
+        super().__init__(model, batch_size, sum_overlaps)
         check_baseline(baseline)
         self.baseline = baseline
-        self.batch_size = check_batch_size(batch_size)
-        self.sum_overlaps = bool(sum_overlaps)
-        self.baseline_pass = BaselinePass()
-
-    def _check_model(self) -> None:
-        check_deeplift_model(self.model)
 
     def _attribute(self, x, target):
         baselines, which = distinct_baselines(self.baseline, x)
@@ -368,7 +376,7 @@ class DeepLIFT(Analyzer):
         return (x - baselines.index_select(0, which)) * multipliers, output, resolved
 
 
-class DeepLIFTShap(Analyzer):
+class DeepLIFTShap(_RescaleAnalyzer):
     """The mean of DeepLIFT over a set of baselines (Lundberg & Lee 2017); equals Captum's DeepLiftShap.
 
     ``baselines``: a tensor (B, *sample_shape) with B >= 1, e.g. a sample of training images. The N x B
@@ -377,14 +385,8 @@ class DeepLIFTShap(Analyzer):
     """
 
     def __init__(self, model: nn.Module, baselines: Tensor, batch_size: int = 32, sum_overlaps: bool = False):
-        super().__init__(model)
+        super().__init__(model, batch_size, sum_overlaps)
         self.baselines = check_baseline_set(baselines)
-        self.batch_size = check_batch_size(batch_size)
-        self.sum_overlaps = bool(sum_overlaps)
-        self.baseline_pass = BaselinePass()
-
-    def _check_model(self) -> None:
-        check_deeplift_model(self.model)
 
     def _attribute(self, x, target):
         baselines = checked_against_input(self.baselines, x)
