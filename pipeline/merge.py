@@ -137,7 +137,7 @@ def merge(shards: ShardSet) -> RunFolder:
 
 def _adopt_sweep_parent(shards: ShardSet, merged: RunFolder) -> None:
     """The merged run goes under the sweep parent run of the latest shard job (``pipeline.scaleout.sweep``), if any."""
-    from pipeline.scaleout.sweep import PARENT_FILE
+    from pipeline.tracking.sweep_runs import PARENT_FILE
 
     records = [shards.folder(i).path / PARENT_FILE for i in range(shards.num_shards)]
     records = [r for r in records if r.exists()]

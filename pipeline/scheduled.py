@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Optional
 
 from pipeline.exit_codes import ExitCode, UsageParser
-from pipeline.scaleout.locks import exclusive_lock, holder
+from pipeline.locks import exclusive_lock, holder
 
 def sweep_command(uri: str, experiment: str, sweep_dir: Path, overrides: list[str]) -> list[str]:
     """The Hydra multirun of the nightly preset (the same command works by hand)."""
@@ -27,7 +27,7 @@ def sweep_command(uri: str, experiment: str, sweep_dir: Path, overrides: list[st
 
 def parent_of_sweep(sweep_dir: Path) -> Optional[str]:
     from pipeline.stages.results import read_json
-    from pipeline.scaleout.sweep import SWEEP_FILE
+    from pipeline.tracking.sweep_runs import SWEEP_FILE
 
     path = sweep_dir / SWEEP_FILE
     return read_json(path)["parent_run_id"] if path.exists() else None

@@ -26,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.cli import USAGE_ERROR
 from pipeline.config import safe_path_part
-from pipeline.scaleout.locks import this_process
-from pipeline.scaleout.sweep import DRIVER_TAG, SWEEP_FILE
+from pipeline.locks import this_process
+from pipeline.tracking.sweep_runs import DRIVER_TAG, SWEEP_FILE
 from pipeline.stages.results import atomic_write, read_json
 
 log = logging.getLogger(__name__)

@@ -95,3 +95,10 @@ def test_the_libraries_know_nothing_of_the_pipeline_hydra_or_mlflow(package):
         if bad:
             offending[name] = bad
     assert offending == {}
+
+
+def test_tracking_knows_nothing_of_scale_out():
+    """Publishing and the store serve a single run as well as a sweep; the sweep callback uses them, not the reverse."""
+    offending = {name: sorted(n for n in imported_names(path) if n.startswith("pipeline.scaleout"))
+                 for name, path in modules().items() if name.startswith("pipeline.tracking")}
+    assert {name: bad for name, bad in offending.items() if bad} == {}

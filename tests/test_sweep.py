@@ -11,7 +11,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from pipeline.publish import main as publish_main
-from pipeline.scaleout.sweep import PARENT_FILE, SWEEP_FILE
+from pipeline.tracking.sweep_runs import PARENT_FILE, SWEEP_FILE
 from pipeline.stages.results import RunFolder, read_json
 
 REPO = Path(__file__).resolve().parents[1]

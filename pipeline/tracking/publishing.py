@@ -15,8 +15,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 from PIL import Image
 
-from pipeline.scaleout.locks import exclusive_lock, process_alive, this_process
-from pipeline.scaleout.sweep import end_orphaned_sweeps, parent_run_of
+from pipeline.locks import exclusive_lock, process_alive, this_process
+from pipeline.tracking.sweep_runs import end_orphaned_sweeps, parent_run_of
 from pipeline.stages.report import heatmap_key
 from pipeline.stages.results import RunFolder, read_json, write_json
 from pipeline.tracking.store import bounded_requests, get_or_create_experiment, sqlite_path, tracking_client

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from pipeline.scaleout.locks import exclusive_lock
+from pipeline.locks import exclusive_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
