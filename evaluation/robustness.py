@@ -26,10 +26,9 @@ from evaluation.common.explainer import Explainer, check_explainer, check_seed, 
 from evaluation.common.result import MetricResult
 from evaluation.common.similarity import normalise_by_max
 from xai.analyzer import predict
-from xai.validation import check_batch_size
 from xai.model_guard import borrowed
 from xai.targets import Target
-from xai.validation import finite_number, positive_int
+from xai.validation import check_batch_size, finite_number, positive_int
 
 # distance(x rows, x' rows, A rows, E(x') rows) -> (rows,) per copy
 CopyScore = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]

@@ -27,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.cli import USAGE_ERROR
 from pipeline.config import safe_path_part
 from pipeline.locks import this_process
-from pipeline.tracking.sweep_runs import DRIVER_TAG, SWEEP_FILE
 from pipeline.stages.results import atomic_write, read_json
+from pipeline.tracking.sweep_runs import DRIVER_TAG, SWEEP_FILE
 
 log = logging.getLogger(__name__)
 

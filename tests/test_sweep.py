@@ -11,8 +11,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from pipeline.publish import main as publish_main
-from pipeline.tracking.sweep_runs import PARENT_FILE, SWEEP_FILE
 from pipeline.stages.results import RunFolder, read_json
+from pipeline.tracking.sweep_runs import PARENT_FILE, SWEEP_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "sweep-test"

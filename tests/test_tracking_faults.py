@@ -19,10 +19,10 @@ from mlflow import MlflowClient
 
 from pipeline.config import CONF_DIR
 from pipeline.job import publish_or_explain, run_job
-from pipeline.tracking.sweep_runs import DRIVER_TAG, PARENT_FILE, SWEEP_FILE
 from pipeline.stages.results import RunFolder, read_json, write_json
 from pipeline.tracking.publishing import RUN_KEY_TAG, publish
 from pipeline.tracking.store import TrackingUnavailable, ensure_store, tracking_client
+from pipeline.tracking.sweep_runs import DRIVER_TAG, PARENT_FILE, SWEEP_FILE
 
 FORK = multiprocessing.get_context("fork")
 

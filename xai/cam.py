@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xai.analyzer import Analyzer
-from xai.validation import check_batch_size
 from xai.targets import one_hot_at, resolve_target
-from xai.validation import module_at, run_model
+from xai.validation import check_batch_size, module_at, run_model
 
 #: Layers that keep a feature map's layout: the default layer may end on them after the last convolution.
 _SPATIAL = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.BatchNorm2d, nn.MaxPool2d,

@@ -23,10 +23,9 @@ from evaluation.common.inputs import check_metric_inputs
 from evaluation.common.result import MetricResult
 from evaluation.faithfulness.baselines import Baseline, check_baseline, cpu_generator, make_baseline
 from evaluation.faithfulness.perturbed_scores import perturbed_scores
-from xai.validation import check_batch_size
 from xai.model_guard import model_device
 from xai.targets import Target
-from xai.validation import positive_int
+from xai.validation import check_batch_size, positive_int
 
 
 @dataclass(frozen=True)

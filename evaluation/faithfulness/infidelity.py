@@ -23,10 +23,9 @@ from evaluation.common.inputs import check_metric_inputs
 from evaluation.common.result import MetricResult
 from evaluation.faithfulness.baselines import cpu_generator
 from evaluation.faithfulness.perturbed_scores import perturbed_scores
-from xai.validation import check_batch_size
 from xai.model_guard import model_device
 from xai.targets import Target
-from xai.validation import finite_number, positive_int
+from xai.validation import check_batch_size, finite_number, positive_int
 
 
 @dataclass(frozen=True)

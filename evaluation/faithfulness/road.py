@@ -31,10 +31,9 @@ from evaluation.faithfulness.imputation import noisy_linear_imputation
 from evaluation.faithfulness.perturbation_curve import PerturbationResult
 from evaluation.faithfulness.perturbed_scores import perturbed_scores
 from evaluation.faithfulness.scores import symmetric_relevance_gain
-from xai.validation import check_batch_size
 from xai.model_guard import model_device
 from xai.targets import Target
-from xai.validation import finite_number
+from xai.validation import check_batch_size, finite_number
 
 ROAD_ORDERS = {"both": ("morf", "lerf"), "morf": ("morf",), "lerf": ("lerf",)}
 

@@ -16,10 +16,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from pipeline.locks import exclusive_lock, process_alive, this_process
-from pipeline.tracking.sweep_runs import end_orphaned_sweeps, parent_run_of
 from pipeline.stages.report import heatmap_key
 from pipeline.stages.results import RunFolder, read_json, write_json
 from pipeline.tracking.store import bounded_requests, get_or_create_experiment, sqlite_path, tracking_client
+from pipeline.tracking.sweep_runs import end_orphaned_sweeps, parent_run_of
 
 log = logging.getLogger(__name__)
 

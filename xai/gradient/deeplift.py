@@ -50,12 +50,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from xai.analyzer import Analyzer
-from xai.validation import check_batch_size
 from xai.errors import UnsupportedModelError
 from xai.gradient.integrated_gradients import Baseline, check_baseline, resolve_baseline
 from xai.softmax import SOFTMAX_TYPES
 from xai.targets import Target, one_hot_at, resolve_target
-from xai.validation import run_model
+from xai.validation import check_batch_size, run_model
 
 #: |x - x0| below this takes the plain gradient instead of the difference quotient (Captum's ``eps``).
 EPSILON = 1e-10

@@ -15,10 +15,9 @@ from torch import Tensor, nn
 
 from xai.analyzer import Analyzer, predict
 from xai.gradient.batched import weighted_gradient_sum
-from xai.validation import check_batch_size
 from xai.gradient.deeplift import check_baseline_set, checked_against_input
 from xai.gradient.smoothgrad import NoiseDraws
-from xai.validation import check_seed, finite_number, positive_int
+from xai.validation import check_batch_size, check_seed, finite_number, positive_int
 
 
 class Draws:

@@ -21,8 +21,7 @@ from torch import Tensor, nn
 
 from xai.analyzer import Analyzer, predict
 from xai.gradient.batched import weighted_gradient_sum
-from xai.validation import check_batch_size
-from xai.validation import finite_number, positive_int
+from xai.validation import check_batch_size, finite_number, positive_int
 
 SCHEMES = ("riemann_trapezoid", "riemann_right", "riemann_left", "riemann_middle", "gausslegendre")
 Baseline = None | float | Tensor

@@ -4,8 +4,7 @@ from torch import Tensor, nn
 
 from xai.analyzer import Analyzer, predict
 from xai.gradient.batched import weighted_gradient_sum
-from xai.validation import check_batch_size
-from xai.validation import check_seed, finite_number, positive_int
+from xai.validation import check_batch_size, check_seed, finite_number, positive_int
 
 
 class NoiseDraws:

@@ -13,8 +13,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from xai.analyzer import Analyzer, predict
-from xai.validation import check_batch_size
-from xai.validation import finite_number, positive_int
+from xai.validation import check_batch_size, finite_number, positive_int
 
 
 def window_starts(size: int, window: int, stride: int) -> Tensor:

@@ -24,9 +24,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from xai.analyzer import Analyzer, predict
-from xai.validation import check_batch_size
 from xai.perturbation.features import Features, check_features, feature_counts, segments_for
-from xai.validation import check_seed, finite_number, positive_int
+from xai.validation import check_batch_size, check_seed, finite_number, positive_int
 
 #: FISTA stops when no coefficient moved by more than this fraction of the largest one in a step.
 LASSO_STEP_TOLERANCE = 1e-13
