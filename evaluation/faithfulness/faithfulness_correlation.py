@@ -111,7 +111,6 @@ class FaithfulnessCorrelation:
 
     def draw_subsets(self, n: int, features: int) -> Tensor:
         """(n, nr_runs, subset_size) flat indices, drawn as the module docstring says."""
-        generator = cpu_generator(self.seed)
-        runs = [torch.rand((n, features), generator=generator).topk(self.subset_size, dim=1).indices
-                for _ in range(self.nr_runs)]
-        return torch.stack(runs, dim=1)
+        # one draw for all runs: the CPU generator fills it in order, so it equals run-after-run draws
+        draws = torch.rand((self.nr_runs, n, features), generator=cpu_generator(self.seed))
+        return draws.topk(self.subset_size, dim=2).indices.transpose(0, 1).contiguous()

@@ -9,9 +9,9 @@ one equation per removed pixel, the removed pixels the unknowns, the known neigh
 right-hand side per channel. Then x_u += noise * N(0, 1) (per channel). Known pixels are returned untouched.
 
 This is the system of ``pytorch_grad_cam.metrics.road.NoisyLinearImputer`` (taken from the ROAD authors' code). The
-systems of a whole batch are assembled at once with numpy (no per-pixel Python loop) into one block-diagonal sparse
-matrix and solved in float64 on the CPU: the blocks do not interact, so this is one system per image. The matrix is
-symmetric positive definite (weights are symmetric, every hole touches a known pixel); numbered in raster order, the
+systems of a whole batch are assembled at once with numpy on whole images (shifted views, no per-pixel Python loop)
+into one block-diagonal sparse matrix and solved in float64 on the CPU: the blocks do not interact, so this is one
+system per image. The matrix is symmetric positive definite (weights are symmetric, every hole touches a known pixel); numbered in raster order, the
 unknowns couple only within a band about one image row wide, so small images (band <= BANDED_UP_TO) are solved by
 banded Cholesky (``scipy.linalg.solveh_banded``, several times faster there), larger ones by
 ``scipy.sparse.linalg.spsolve`` (SuperLU, whose fill-reducing ordering wins on wide bands). Inputs on another
@@ -52,12 +52,12 @@ def noisy_linear_imputation(
     mask = removed.detach().cpu().numpy().reshape(n, h * w)
     if mask.all(axis=1).any():
         raise ValueError("removed covers every pixel of some image: keep at least one known pixel per image")
-    values = x.detach().cpu().to(torch.float64).permute(0, 2, 3, 1).reshape(n * h * w, c).numpy()
     unknown = np.flatnonzero(mask)  # flat index image * H * W + row * W + column of each removed pixel
     imputed = x.detach().clone()
     if unknown.size == 0:
         return imputed
-    solution = torch.from_numpy(_solve(unknown, mask.reshape(-1), values, h, w))
+    values = x.detach().cpu().to(torch.float64).permute(0, 2, 3, 1).numpy()
+    solution = torch.from_numpy(_solve(mask.reshape(n, h, w), values))
     if noise > 0:
         if generator is None:
             generator = cpu_generator(seed)
@@ -80,34 +80,45 @@ def check_removed(x: Tensor, removed: Tensor) -> None:
                          "pixel, shared by the channels")
 
 
-def _solve(unknown: np.ndarray, mask: np.ndarray, values: np.ndarray, h: int, w: int) -> np.ndarray:
-    """The imputed values (unknowns, C) of the block-diagonal system of all images."""
-    count = unknown.size
-    variable = np.full(mask.size, -1, dtype=np.int64)
-    variable[unknown] = np.arange(count)
-    row, column = (unknown // w) % h, unknown % w
-    diagonal = np.zeros(count)
-    rhs = np.zeros((count, values.shape[1]))
+def _solve(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The imputed values (removed pixels in raster order over the batch, C) of the block-diagonal system.
+
+    Assembled on whole images with shifted views: the right-hand side and the diagonal are 8 shifted sums, and
+    each removed pair (u, u + d) for the 4 neighbours d after u in raster order is one entry of the lower
+    triangle, at row number(u + d) and column number(u).
+    """
+    n, h, w = mask.shape
+    known_values = np.pad(np.where(mask[..., None], 0.0, values), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    inside = np.pad(np.ones((1, h, w)), ((0, 0), (1, 1), (1, 1)))
+    rhs, diagonal = np.zeros_like(values), np.zeros((1, h, w))
+    for dr, dc, weight in NEIGHBOUR_WEIGHTS:
+        rhs += weight * _shifted(known_values, dr, dc, h, w)
+        diagonal += weight * _shifted(inside, dr, dc, h, w)
+    rhs, diagonal = rhs[mask], np.broadcast_to(diagonal, mask.shape)[mask]
+    count = rhs.shape[0]
+    number = np.cumsum(mask.reshape(-1)) - 1  # each removed pixel's unknown, raster order over the batch
+    padded_mask = np.pad(mask, ((0, 0), (1, 1), (1, 1)))
     rows, cols, weights = [], [], []
     for dr, dc, weight in NEIGHBOUR_WEIGHTS:
-        inside = (row + dr >= 0) & (row + dr < h) & (column + dc >= 0) & (column + dc < w)
-        equation = np.flatnonzero(inside)
-        neighbour = unknown[equation] + dr * w + dc  # same image: the neighbour is inside it
-        diagonal[equation] += weight
-        free = mask[neighbour]
-        rows.append(equation[free])
-        cols.append(variable[neighbour[free]])
-        weights.append(np.full(int(free.sum()), -weight))
-        rhs[equation[~free]] += weight * values[neighbour[~free]]
+        if (dr, dc) > (0, 0):  # after u in raster order
+            pair = np.flatnonzero(mask & _shifted(padded_mask, dr, dc, h, w))
+            rows.append(number[pair + dr * w + dc])
+            cols.append(number[pair])
+            weights.append(np.full(pair.size, -weight))
     rows, cols, weights = np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)
     band = int((rows - cols).max(initial=0))
     if band <= BANDED_UP_TO:
-        lower = np.zeros((band + 1, count))  # lower[d, j] = A[j + d, j]
+        lower = np.zeros((band + 1, count), order="F")  # lower[d, j] = A[j + d, j], in LAPACK's layout
         lower[0] = diagonal
-        below = rows > cols
-        lower[rows[below] - cols[below], cols[below]] = weights[below]
-        return solveh_banded(lower, rhs, lower=True, check_finite=False).reshape(count, -1)
-    matrix = coo_matrix((np.concatenate([weights, diagonal]),
-                         (np.concatenate([rows, np.arange(count)]), np.concatenate([cols, np.arange(count)]))),
+        lower[rows - cols, cols] = weights
+        return solveh_banded(lower, rhs, lower=True, check_finite=False, overwrite_ab=True, overwrite_b=True)
+    index = np.arange(count)
+    matrix = coo_matrix((np.concatenate([weights, weights, diagonal]),
+                         (np.concatenate([rows, cols, index]), np.concatenate([cols, rows, index]))),
                         shape=(count, count)).tocsc()
     return np.asarray(spsolve(matrix, rhs)).reshape(count, -1)
+
+
+def _shifted(padded: np.ndarray, dr: int, dc: int, h: int, w: int) -> np.ndarray:
+    """The view of a batch padded by one pixel (N, H + 2, W + 2, ...) that holds each pixel's (dr, dc) neighbour."""
+    return padded[:, 1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
