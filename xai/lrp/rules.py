@@ -523,8 +523,9 @@ class AlphaBetaRule(LinearRule):
         if not self.beta:  # ZPlus: alpha = 1, one transpose of [W+, W-]
             on_pos, on_neg = layer.transpose(torch.div(relevance, z, out=z), forward_weight, split).chunk(2, dim)
             return torch.mul(on_pos, x_pos).addcmul_(on_neg, x_neg)
-        z_pos, z_neg = z.chunk(2, dim)
-        return self._from_shares(layer, x, torch.div(relevance, z_pos), torch.div(relevance, z_neg))
+        z_pos, z_neg = z.chunk(2, dim)  # the shares overwrite z: two output-sized tensors fewer alive at once
+        share_pos, share_neg = torch.div(relevance, z_pos, out=z_pos), torch.div(relevance, z_neg, out=z_neg)
+        return self._from_shares(layer, x, share_pos, share_neg)
 
     def _from_shares(self, layer, x, share_pos, share_neg):
         """R_in from s+ = R / z+ and s- = R / z-: x+ (a W+^T s+ - b W-^T s-) + x- (a W-^T s+ - b W+^T s-), which
