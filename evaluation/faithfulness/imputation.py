@@ -13,9 +13,9 @@ systems of a whole batch are assembled at once with numpy on whole images (shift
 into one block-diagonal sparse matrix and solved in float64 on the CPU: the blocks do not interact, so this is one
 system per image. The matrix is symmetric positive definite (weights are symmetric, every hole touches a known
 pixel); numbered in raster order, the unknowns couple only within a band about one image row wide, so small images
-(band <= BANDED_UP_TO) are solved by banded Cholesky (``scipy.linalg.solveh_banded``, several times faster there), larger ones by
-``scipy.sparse.linalg.spsolve`` (SuperLU, whose fill-reducing ordering wins on wide bands). Inputs on another
-device are copied to the CPU and the result back.
+(band <= BANDED_UP_TO) are solved by banded Cholesky (``scipy.linalg.solveh_banded``, several times faster there),
+larger ones by ``scipy.sparse.linalg.spsolve`` (SuperLU, whose fill-reducing ordering wins on wide bands). Inputs on
+another device are copied to the CPU and the result back.
 """
 import numpy as np
 import torch
@@ -43,7 +43,8 @@ def noisy_linear_imputation(
     """``x`` (N, C, H, W) with the pixels where ``removed`` (bool, (N, H, W)) is True imputed (module docstring).
 
     The noise is drawn on the CPU, one (H * W, C) standard normal draw per image in order (pixel-major), from
-    ``generator`` when given (ROAD passes one generator through all its chunks), else from a generator seeded with ``seed`` (None: a fresh seed).
+    ``generator`` when given (ROAD passes one generator through all its chunks), else from a generator seeded with
+    ``seed`` (None: a fresh seed).
     Every image must keep at least one known pixel (otherwise its system has no unique solution).
     """
     check_removed(x, removed)
